@@ -1,0 +1,154 @@
+"""DICOMweb routes: STOW-RS (PS3.18 10.5) and WADO-RS instance retrieval (PS3.18 10.4)."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Path, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from gateway.auth import Tenant
+from gateway.dicomweb import wado
+from gateway.dicomweb.responses import DICOM_JSON, store_instances_response
+from gateway.errors import error_responses
+from gateway.services import ServicesDep
+from radstream.errors import ServiceBusy
+
+router = APIRouter(prefix="/dicomweb", tags=["DICOMweb"])
+
+UID_PATTERN = r"^[0-9]+(\.[0-9]+)*$"
+Uid = Annotated[str, Path(pattern=UID_PATTERN, max_length=64, description="a DICOM UID")]
+
+_STORE_EXAMPLE = {
+    "00081190": {"vr": "UR", "Value": ["http://127.0.0.1:8080/dicomweb/studies/1.2.3"]},
+    "00081199": {
+        "vr": "SQ",
+        "Value": [
+            {
+                "00081150": {"vr": "UI", "Value": ["1.2.840.10008.5.1.4.1.1.2"]},
+                "00081155": {"vr": "UI", "Value": ["1.2.3.4.5"]},
+                "00081190": {
+                    "vr": "UR",
+                    "Value": ["http://127.0.0.1:8080/dicomweb/studies/1.2.3/series/1.2.3.4/instances/1.2.3.4.5"],
+                },
+            }
+        ],
+    },
+}
+_FAILED_EXAMPLE = {
+    "00081198": {
+        "vr": "SQ",
+        "Value": [
+            {
+                "00081155": {"vr": "UI", "Value": ["1.2.3.4.6"]},
+                "00081197": {"vr": "US", "Value": [0xA900]},
+                "00000902": {
+                    "vr": "LO",
+                    "Value": ["StudyInstanceUID 1.2.9 does not match 1.2.3 in the path"],
+                },
+            }
+        ],
+    }
+}
+
+
+def _store_response(status: int, description: str, example: dict[str, Any]) -> dict[int | str, Any]:
+    return {
+        status: {
+            "description": description,
+            "content": {DICOM_JSON: {"schema": {"type": "object"}, "example": example}},
+        }
+    }
+
+
+_STOW_RESPONSES: dict[int | str, Any] = {
+    **_store_response(200, "Every instance was stored (or was stored already with identical bytes)", _STORE_EXAMPLE),
+    **_store_response(202, "Some instances stored, some failed or stored with warnings", _STORE_EXAMPLE),
+    **error_responses(401, 413, 415, 422),
+    **_store_response(400, "Nothing stored: the body could not be understood", _FAILED_EXAMPLE),
+    **_store_response(409, "Nothing stored: every instance conflicts (study UID, duplicate, syntax)", _FAILED_EXAMPLE),
+    **_store_response(503, "Nothing stored: storage unavailable or gateway at capacity; retry later", _FAILED_EXAMPLE),
+}
+_STOW_BODY = {
+    "requestBody": {
+        "required": True,
+        "description": 'multipart/related; type="application/dicom": one DICOM Part 10 instance per part',
+        "content": {'multipart/related; type="application/dicom"': {"schema": {"type": "string", "format": "binary"}}},
+    }
+}
+
+
+async def _stow(request: Request, services: ServicesDep, tenant: str, study: str | None) -> JSONResponse:
+    retry_after = {"Retry-After": str(services.settings.storage_retry_after_s)}
+    if services.stow_slots.locked():
+        raise ServiceBusy("too many concurrent uploads; retry later", headers=retry_after)
+    length = request.headers.get("content-length")
+    async with services.stow_slots:
+        outcome = await services.stow.store(
+            tenant=tenant,
+            path_study_uid=study,
+            content_type=request.headers.get("content-type"),
+            content_length=int(length) if length and length.isdigit() else None,
+            body=request.stream(),
+        )
+    status = outcome.http_status
+    headers = retry_after if status == 503 else None
+    body = store_instances_response(services.settings.base_url, outcome)
+    return JSONResponse(body, status_code=status, media_type=DICOM_JSON, headers=headers)
+
+
+@router.post(
+    "/studies",
+    summary="Store instances (STOW-RS)",
+    response_class=JSONResponse,
+    responses=_STOW_RESPONSES,
+    openapi_extra=_STOW_BODY,
+)
+async def store_instances(request: Request, services: ServicesDep, tenant: Tenant) -> JSONResponse:
+    return await _stow(request, services, tenant, None)
+
+
+@router.post(
+    "/studies/{study}",
+    summary="Store instances of one study (STOW-RS)",
+    response_class=JSONResponse,
+    responses=_STOW_RESPONSES,
+    openapi_extra=_STOW_BODY,
+)
+async def store_study_instances(request: Request, services: ServicesDep, tenant: Tenant, study: Uid) -> JSONResponse:
+    return await _stow(request, services, tenant, study)
+
+
+@router.get(
+    "/studies/{study}/series/{series}/instances/{instance}",
+    summary="Retrieve an instance (WADO-RS)",
+    response_class=StreamingResponse,
+    responses={
+        200: {
+            "description": "The stored bytes, unchanged",
+            "content": {
+                'multipart/related; type="application/dicom"': {"schema": {"type": "string", "format": "binary"}},
+                "application/dicom": {"schema": {"type": "string", "format": "binary"}},
+            },
+        },
+        **error_responses(401, 404, 406, 422, 503),
+    },
+)
+async def retrieve_instance(
+    services: ServicesDep,
+    tenant: Tenant,
+    study: Uid,
+    series: Uid,
+    instance: Uid,
+    accept: Annotated[str | None, Header()] = None,
+) -> StreamingResponse:
+    media = wado.negotiate(accept)
+    size, chunks = await services.images.open_stream(wado.key_for(tenant, study, series, instance))
+    if media == wado.SINGLE:
+        return StreamingResponse(chunks, media_type="application/dicom", headers={"Content-Length": str(size)})
+    boundary = uuid.uuid4().hex
+    return StreamingResponse(
+        wado.multipart(chunks, boundary),
+        media_type=f'multipart/related; type="application/dicom"; boundary={boundary}',
+    )

@@ -1,0 +1,316 @@
+"""STOW-RS (PS3.18 10.5): stream a multipart/related body into one S3 object per instance.
+
+Memory is bounded: each part is spooled (RAM up to ``spool_memory_bytes``, then a temporary file) while
+its SHA-256 is computed; header parsing and the conditional S3 write of a part run as a task, and at most
+``stow_concurrent_puts`` tasks run per request: when they are all busy the body is not read further
+(backpressure to the client). An instance is reported stored only after S3 confirmed the write; when the
+request fails as a whole (size limit, storage down), objects this request created are removed again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from email.message import Message
+
+from gateway.dicomweb.multipart import MultipartError, MultipartParser, PartData, PartEnd, PartStart
+from gateway.metrics import Metrics
+from radstream import keys
+from radstream.dicom import (
+    CONFLICT_REASONS,
+    RESOURCE_REASONS,
+    DicomPartError,
+    FailureReason,
+    InstanceHeader,
+    WarningReason,
+    read_header,
+)
+from radstream.errors import BadRequest, PayloadTooLarge, StorageUnavailable, UnsupportedMediaType
+from radstream.settings import Settings
+from radstream.status import StatusStore, utcnow
+from radstream.storage import ObjectStore, PutOutcome, StorageError
+
+log = logging.getLogger("radstream.stow")
+
+DICOM_MEDIA_TYPE = "application/dicom"
+
+
+@dataclass
+class StoredInstance:
+    header: InstanceHeader
+    key: str
+    size: int
+    sha256: str
+    created: bool  # False: identical bytes were stored already
+
+
+@dataclass
+class FailedInstance:
+    reason: FailureReason
+    detail: str
+    sop_class_uid: str | None = None
+    sop_instance_uid: str | None = None
+
+
+@dataclass
+class StowOutcome:
+    study_instance_uid: str | None
+    stored: list[StoredInstance] = field(default_factory=list)
+    failed: list[FailedInstance] = field(default_factory=list)
+    manifest_key: str | None = None
+
+    @property
+    def http_status(self) -> int:
+        """PS3.18 10.5.3: 200 all stored, 202 some failed or warnings, 409/400/503 none stored."""
+        if self.stored:
+            warned = any(s.header.warnings for s in self.stored)
+            return 202 if self.failed or warned else 200
+        reasons = {f.reason for f in self.failed}
+        if reasons and reasons <= RESOURCE_REASONS:
+            return 503
+        if reasons & CONFLICT_REASONS:
+            return 409
+        return 400
+
+
+def parse_media_type(content_type: str | None) -> str:
+    """Validate the request's media type and return its boundary."""
+    if not content_type:
+        raise UnsupportedMediaType('Content-Type must be multipart/related; type="application/dicom"')
+    msg = Message()
+    msg["content-type"] = content_type
+    if msg.get_content_type() != "multipart/related":
+        raise UnsupportedMediaType(
+            f'media type {msg.get_content_type()!r} is not supported; send multipart/related; type="{DICOM_MEDIA_TYPE}"'
+        )
+    root_type = msg.get_param("type")
+    if isinstance(root_type, str) and root_type.lower() != DICOM_MEDIA_TYPE:
+        raise UnsupportedMediaType(
+            f"multipart/related type {root_type!r} is not supported; only {DICOM_MEDIA_TYPE} parts are accepted"
+        )
+    boundary = msg.get_param("boundary")
+    if not isinstance(boundary, str) or not boundary:
+        raise BadRequest("the multipart/related Content-Type has no boundary parameter")
+    return boundary
+
+
+class _Spool:
+    """One part's bytes: RAM up to a threshold, then a temporary file; hashed as it arrives."""
+
+    def __init__(self, memory_bytes: int, headers: dict[str, str]) -> None:
+        self.file = tempfile.SpooledTemporaryFile(max_size=memory_bytes)  # noqa: SIM115 - closed in finally
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+        self.headers = headers
+
+    def write(self, data: bytes) -> None:
+        self.file.write(data)
+        self.sha256.update(data)
+        self.size += len(data)
+
+
+class StowService:
+    def __init__(self, settings: Settings, images: ObjectStore, status: StatusStore, metrics: Metrics) -> None:
+        self._settings = settings
+        self._images = images
+        self._status = status
+        self._metrics = metrics
+
+    async def store(
+        self,
+        *,
+        tenant: str,
+        path_study_uid: str | None,
+        content_type: str | None,
+        content_length: int | None,
+        body: AsyncIterator[bytes],
+    ) -> StowOutcome:
+        boundary = parse_media_type(content_type)
+        limit = self._settings.max_upload_bytes
+        if content_length is not None and content_length > limit:
+            raise PayloadTooLarge(f"request body of {content_length} bytes exceeds the limit of {limit} bytes")
+        if path_study_uid is not None and not keys.is_uid(path_study_uid):
+            raise BadRequest(f"{path_study_uid!r} in the path is not a valid Study Instance UID")
+        try:
+            parser = MultipartParser(boundary)
+        except MultipartError as exc:
+            raise BadRequest(str(exc)) from exc
+
+        slots = asyncio.Semaphore(self._settings.stow_concurrent_puts)
+        tasks: list[asyncio.Task[StoredInstance | FailedInstance]] = []
+        spool: _Spool | None = None
+        received = 0
+        try:
+            async for chunk in body:
+                received += len(chunk)
+                if received > limit:
+                    raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+                try:
+                    events = parser.feed(chunk)
+                except MultipartError as exc:
+                    raise BadRequest(f"malformed multipart body: {exc}") from exc
+                for event in events:
+                    if isinstance(event, PartStart):
+                        spool = _Spool(self._settings.spool_memory_bytes, event.headers)
+                    elif isinstance(event, PartData) and spool is not None:
+                        spool.write(event.data)
+                    elif isinstance(event, PartEnd) and spool is not None:
+                        await slots.acquire()
+                        tasks.append(asyncio.create_task(self._store_part(tenant, path_study_uid, spool, slots)))
+                        spool = None
+            if parser.parts_started == 0:
+                raise BadRequest("the multipart body contains no parts (is the boundary right?)")
+            results = list(await asyncio.gather(*tasks))
+            if spool is not None:
+                spool.file.close()
+                results.append(
+                    FailedInstance(FailureReason.TRUNCATED_PART, "the body ended before this part's closing boundary")
+                )
+        except BaseException:
+            if spool is not None:
+                spool.file.close()
+            done = await asyncio.gather(*tasks, return_exceptions=True)
+            await self._rollback([r for r in done if isinstance(r, StoredInstance)])
+            raise
+
+        outcome = StowOutcome(study_instance_uid=path_study_uid)
+        for result in results:
+            if isinstance(result, StoredInstance):
+                outcome.stored.append(result)
+            else:
+                outcome.failed.append(result)
+        await self._commit(tenant, outcome)
+        self._metrics.record_stow(outcome)
+        return outcome
+
+    async def _store_part(
+        self, tenant: str, path_study_uid: str | None, spool: _Spool, slots: asyncio.Semaphore
+    ) -> StoredInstance | FailedInstance:
+        try:
+            part_type = spool.headers.get("content-type", DICOM_MEDIA_TYPE).split(";")[0].strip().lower()
+            if part_type != DICOM_MEDIA_TYPE:
+                return FailedInstance(
+                    FailureReason.NOT_APPLICATION_DICOM,
+                    f"part Content-Type {part_type!r} is not {DICOM_MEDIA_TYPE}",
+                )
+            spool.file.seek(0)
+            try:
+                header = await asyncio.to_thread(read_header, spool.file)  # type: ignore[arg-type]
+            except DicomPartError as exc:
+                return FailedInstance(exc.reason, exc.detail, exc.sop_class_uid, exc.sop_instance_uid)
+            if path_study_uid is not None and header.study_instance_uid != path_study_uid:
+                return FailedInstance(
+                    FailureReason.STUDY_UID_MISMATCH,
+                    f"StudyInstanceUID {header.study_instance_uid} does not match {path_study_uid} in the path",
+                    header.sop_class_uid,
+                    header.sop_instance_uid,
+                )
+            key = keys.instance_key(
+                tenant, header.study_instance_uid, header.series_instance_uid, header.sop_instance_uid
+            )
+            digest = spool.sha256.hexdigest()
+            spool.file.seek(0)
+            body = spool.file.read() if spool.size <= self._settings.spool_memory_bytes else spool.file
+            try:
+                outcome = await self._images.put_once(
+                    key, body, sha256=digest, size=spool.size, content_type=DICOM_MEDIA_TYPE
+                )
+            except StorageUnavailable as exc:
+                return FailedInstance(
+                    FailureReason.OUT_OF_RESOURCES, exc.detail, header.sop_class_uid, header.sop_instance_uid
+                )
+            except StorageError as exc:
+                log.error("storing %s failed: %s", header.sop_instance_uid, exc)
+                return FailedInstance(
+                    FailureReason.PROCESSING_FAILURE,
+                    "the object store refused the write",
+                    header.sop_class_uid,
+                    header.sop_instance_uid,
+                )
+            if outcome is PutOutcome.CONFLICT:
+                return FailedInstance(
+                    FailureReason.DUPLICATE_SOP_INSTANCE,
+                    "an instance with this SOPInstanceUID and different content is stored already",
+                    header.sop_class_uid,
+                    header.sop_instance_uid,
+                )
+            return StoredInstance(header, key, spool.size, digest, created=outcome is PutOutcome.CREATED)
+        finally:
+            spool.file.close()
+            slots.release()
+
+    async def _commit(self, tenant: str, outcome: StowOutcome) -> None:
+        """Record the study and write the manifest for what this request newly stored."""
+        created = [s for s in outcome.stored if s.created]
+        if not created:
+            return
+        by_study: dict[str, list[StoredInstance]] = {}
+        for inst in created:
+            by_study.setdefault(inst.header.study_instance_uid, []).append(inst)
+        written: list[str] = []
+        try:
+            for study, instances in by_study.items():
+                await self._status.record_received(
+                    tenant,
+                    study,
+                    new_instances=len(instances),
+                    series={i.header.series_instance_uid for i in instances},
+                )
+                request_id = f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:12]}"
+                key = keys.manifest_key(tenant, study, request_id)
+                await self._images.put_json(key, _manifest(tenant, study, request_id, instances))
+                written.append(key)
+                outcome.manifest_key = key
+        except (StorageUnavailable, StorageError) as exc:
+            log.error("manifest for %d instances not written, rolling back: %s", len(created), exc)
+            await self._rollback(created)
+            for key in written:
+                await self._delete_quietly(key)
+            raise StorageUnavailable(
+                "storage failed while recording the request; nothing was stored, retry later",
+                headers={"Retry-After": str(self._settings.storage_retry_after_s)},
+            ) from exc
+
+    async def _rollback(self, instances: list[StoredInstance]) -> None:
+        for inst in instances:
+            if inst.created:
+                await self._delete_quietly(inst.key)
+
+    async def _delete_quietly(self, key: str) -> None:
+        try:
+            await self._images.delete(key)
+        except Exception as exc:  # rollback is best effort; the manifest is what starts processing
+            log.warning("rollback of %s failed: %s", key, exc)
+
+
+def _manifest(tenant: str, study: str, request_id: str, instances: list[StoredInstance]) -> dict[str, object]:
+    return {
+        "schema_version": 1,
+        "request_id": request_id,
+        "tenant": tenant,
+        "study_instance_uid": study,
+        "received_at": utcnow().isoformat(),
+        "instances": [
+            {
+                "key": i.key,
+                "sop_class_uid": i.header.sop_class_uid,
+                "sop_instance_uid": i.header.sop_instance_uid,
+                "series_instance_uid": i.header.series_instance_uid,
+                "transfer_syntax_uid": i.header.transfer_syntax_uid,
+                "modality": i.header.modality,
+                "size": i.size,
+                "sha256": i.sha256,
+            }
+            for i in instances
+        ],
+    }
+
+
+def warning_items(header: InstanceHeader) -> list[WarningReason]:
+    return [reason for reason, _ in header.warnings]

@@ -1,0 +1,24 @@
+"""Child processes of the embedded stack, described as data so adding one is a one-line change."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class ProcessSpec:
+    """One long-running child of ``radstream up``.
+
+    ``ready`` is polled (blocking, cheap, no exceptions) until it returns True or ``ready_timeout_s``
+    passes; the supervisor starts the next process only after this one is ready.
+    """
+
+    name: str
+    argv: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+    ready: Callable[[], bool] | None = None
+    ready_timeout_s: float = 60.0
+    cwd: str | None = None
+    log_path: Path | None = None  # stdout and stderr go here instead of the terminal

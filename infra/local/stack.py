@@ -1,0 +1,98 @@
+"""``radstream up``: the embedded stack on one machine.
+
+Order: AWS emulator -> provisioning (infra/) -> gateway (-> Triton -> worker). Each process is a
+:class:`ProcessSpec`; adding one is one line in :func:`process_specs`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import sys
+from pathlib import Path
+
+from infra.local.emulator import emulator_process_spec, http_ok
+from infra.local.processes import ProcessSpec
+from infra.local.provision import provision
+from infra.local.supervisor import StopFlag, Supervisor
+from radstream.settings import Settings
+
+log = logging.getLogger("radstream.stack")
+LOCAL_TENANT = "local"
+
+
+def ensure_api_keys(settings: Settings) -> str:
+    """RADSTREAM_API_KEYS if set; otherwise a key generated once and kept in ``api_key_file``."""
+    if settings.api_keys is not None:
+        return settings.api_keys.get_secret_value()
+    path: Path = settings.api_key_file
+    if path.exists():
+        key = path.read_text().strip()
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        key = secrets.token_urlsafe(32)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(key + "\n")
+    return f"{LOCAL_TENANT}:{key}"
+
+
+def child_env(settings: Settings, api_keys: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env["RADSTREAM_API_KEYS"] = api_keys
+    env["RADSTREAM_AWS_ENDPOINT_URL"] = settings.aws_endpoint_url or ""
+    env["RADSTREAM_HTTP_PORT"] = str(settings.http_port)
+    env["RADSTREAM_HTTP_HOST"] = settings.http_host
+    return env
+
+
+def gateway_process_spec(settings: Settings, env: dict[str, str]) -> ProcessSpec:
+    argv = [sys.executable, "-m", "uvicorn", "gateway.app:create_app", "--factory"]
+    argv += ["--host", settings.http_host, "--port", str(settings.http_port), "--no-access-log"]
+    argv += ["--timeout-graceful-shutdown", "20"]
+    return ProcessSpec(
+        name="gateway",
+        argv=argv,
+        env=env,
+        ready=lambda: http_ok(f"http://{settings.http_host}:{settings.http_port}/readyz"),
+        ready_timeout_s=30.0,
+    )
+
+
+def process_specs(settings: Settings, env: dict[str, str]) -> list[ProcessSpec]:
+    """Every process after the emulator and provisioning, in start order."""
+    return [
+        gateway_process_spec(settings, env),
+    ]
+
+
+def run(settings: Settings) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    api_keys = ensure_api_keys(settings)
+    env = child_env(settings, api_keys)
+    stop = StopFlag()
+    stop.install()
+    supervisor = Supervisor()
+    try:
+        supervisor.start(emulator_process_spec(settings))
+        asyncio.run(provision(settings))
+        for spec in process_specs(settings, env):
+            if stop():
+                return 0
+            supervisor.start(spec)
+        base = f"http://{settings.http_host}:{settings.http_port}"
+        where = settings.api_key_file if settings.api_keys is None else "RADSTREAM_API_KEYS"
+        print(
+            f"\nRadStream is up.\n  gateway   {base}\n  API docs  {base}/docs\n"
+            f"  DICOMweb  {base}/dicomweb (STOW-RS: POST /dicomweb/studies)\n"
+            f"  AWS emulator {settings.aws_endpoint_url}\n  API key   in {where}\n"
+            f"Try: radstream send PATH --url {base}\nCtrl-C stops everything.\n",
+            flush=True,
+        )
+        if settings.api_keys is None:
+            print(f"API key: {api_keys.partition(':')[2]}", flush=True)
+        return supervisor.wait(stop)
+    finally:
+        supervisor.stop()

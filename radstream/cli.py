@@ -1,0 +1,134 @@
+"""The ``radstream`` command: up | send | status | results | infer | stats | bench."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Annotated
+
+import httpx
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from radstream.settings import get_settings
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="RadStream: DICOMweb in, AI results out.")
+console = Console()
+
+UrlOpt = Annotated[str | None, typer.Option("--url", help="gateway base URL (default from settings)")]
+KeyOpt = Annotated[
+    str | None, typer.Option("--api-key", envvar="RADSTREAM_API_KEY", help="API key (default: .radstream/api-key)")
+]
+
+
+def _url(url: str | None) -> str:
+    return url or get_settings().base_url
+
+
+def _api_key(api_key: str | None) -> str:
+    if api_key:
+        return api_key
+    settings = get_settings()
+    if settings.api_keys is not None:
+        first = settings.api_keys.get_secret_value().split(",")[0]
+        return first.partition(":")[2]
+    if settings.api_key_file.exists():
+        return settings.api_key_file.read_text().strip()
+    raise typer.BadParameter("no API key: pass --api-key, set RADSTREAM_API_KEY, or run `radstream up` first")
+
+
+@app.command()
+def up() -> None:
+    """Run the whole embedded stack in the foreground (Ctrl-C stops every child)."""
+    from infra.local.stack import run
+
+    raise typer.Exit(run(get_settings()))
+
+
+@app.command()
+def send(
+    paths: Annotated[list[Path], typer.Argument(help="DICOM files or folders", exists=True)],
+    url: UrlOpt = None,
+    api_key: KeyOpt = None,
+    batch: Annotated[int, typer.Option(min=1, help="instances per STOW request")] = 10,
+    concurrency: Annotated[int, typer.Option(min=1, help="requests in flight")] = 4,
+) -> None:
+    """Upload DICOM files over STOW-RS, grouped by study."""
+    from radstream.client import send as do_send
+
+    key = _api_key(api_key)
+    with Progress(
+        TextColumn("[bold]STOW-RS"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=console,
+    ) as progress:
+        task = progress.add_task("send", total=None)
+        done = {"n": 0}
+
+        def advance(n: int, _bytes: int) -> None:
+            done["n"] += n
+            progress.update(task, completed=done["n"])
+
+        report = asyncio.run(
+            do_send(
+                paths,
+                url=_url(url),
+                api_key=key,
+                batch=batch,
+                concurrency=concurrency,
+                on_progress=advance,
+                on_total=lambda total: progress.update(task, total=total),
+            )
+        )
+    table = Table(title="STOW-RS summary")
+    table.add_column("outcome")
+    table.add_column("count", justify="right")
+    table.add_row("stored", str(report.stored))
+    table.add_row("warnings", str(len(report.warnings)))
+    table.add_row("failed", str(len(report.failures)))
+    table.add_row("not DICOM (skipped)", str(len(report.skipped)))
+    console.print(table)
+    for line in report.warnings:
+        console.print(f"[yellow]warning[/] {line}")
+    for line in report.failures:
+        console.print(f"[red]failed[/] {line}")
+    for line in report.skipped:
+        console.print(f"[dim]skipped[/] {line}")
+    raise typer.Exit(0 if report.ok else 1)
+
+
+def _get(path: str, url: str | None, api_key: str | None) -> httpx.Response:
+    response = httpx.get(f"{_url(url)}{path}", headers={"Authorization": f"Bearer {_api_key(api_key)}"}, timeout=30.0)
+    if response.status_code >= 400:
+        console.print(f"[red]HTTP {response.status_code}[/] {response.text}")
+        raise typer.Exit(1)
+    return response
+
+
+@app.command()
+def status(study_uid: str, url: UrlOpt = None, api_key: KeyOpt = None) -> None:
+    """Print a study's processing status."""
+    console.print_json(_get(f"/v1/studies/{study_uid}", url, api_key).text)
+
+
+@app.command()
+def results(
+    study_uid: str,
+    url: UrlOpt = None,
+    api_key: KeyOpt = None,
+    sr: Annotated[Path | None, typer.Option(help="also save the DICOM SR to this file")] = None,
+) -> None:
+    """Print a study's results (JSON); optionally save its DICOM SR."""
+    console.print_json(json.dumps(_get(f"/v1/studies/{study_uid}/results", url, api_key).json()))
+    if sr is not None:
+        sr.write_bytes(_get(f"/v1/studies/{study_uid}/results/sr", url, api_key).content)
+        console.print(f"DICOM SR written to {sr}")
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,53 @@
+"""The S3 key layout: every object is namespaced by tenant, so one prefix holds one tenant's data.
+
+Images bucket:
+    instances/{tenant}/{study}/{series}/{sop}.dcm      one object per SOP instance
+    manifests/{tenant}/{study}/{request_id}.json        one per STOW request that stored something new
+Results bucket:
+    results/{tenant}/{study}/result.json | report.sr.dcm | mask.seg.dcm
+"""
+
+from __future__ import annotations
+
+import re
+
+_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+_TENANT = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+MANIFEST_PREFIX = "manifests/"
+
+
+def is_uid(value: str) -> bool:
+    """A DICOM UID: dot-separated digits, at most 64 characters (PS3.5 9.1)."""
+    return len(value) <= 64 and bool(_UID.match(value))
+
+
+def _check(tenant: str, *uids: str) -> None:
+    if not _TENANT.match(tenant):
+        raise ValueError(f"invalid tenant {tenant!r}")
+    for uid in uids:
+        if not is_uid(uid):
+            raise ValueError(f"invalid UID {uid!r}")
+
+
+def instance_key(tenant: str, study: str, series: str, sop: str) -> str:
+    _check(tenant, study, series, sop)
+    return f"instances/{tenant}/{study}/{series}/{sop}.dcm"
+
+
+def manifest_key(tenant: str, study: str, request_id: str) -> str:
+    _check(tenant, study)
+    return f"{MANIFEST_PREFIX}{tenant}/{study}/{request_id}.json"
+
+
+def parse_manifest_key(key: str) -> tuple[str, str, str]:
+    """(tenant, study, request_id) of a manifest key; ValueError for anything else."""
+    parts = key.split("/")
+    if len(parts) != 4 or parts[0] + "/" != MANIFEST_PREFIX or not parts[3].endswith(".json"):
+        raise ValueError(f"not a manifest key: {key!r}")
+    _check(parts[1], parts[2])
+    return parts[1], parts[2], parts[3].removesuffix(".json")
+
+
+def result_key(tenant: str, study: str, name: str) -> str:
+    _check(tenant, study)
+    return f"results/{tenant}/{study}/{name}"

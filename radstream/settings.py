@@ -1,0 +1,89 @@
+"""One typed settings object for every RadStream process.
+
+Every value comes from the environment with the ``RADSTREAM_`` prefix (for example
+``RADSTREAM_HTTP_PORT=9000``). Production and the local stack differ only in endpoints and credentials.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RADSTREAM_", extra="ignore", frozen=True)
+
+    environment: str = Field("local", description="local | production; production refuses unsafe defaults")
+
+    # AWS: an empty endpoint means the real AWS endpoints of the region.
+    aws_endpoint_url: str | None = "http://127.0.0.1:4566"
+    aws_region: str = "us-east-1"
+    aws_connect_timeout_s: float = 5.0
+    aws_read_timeout_s: float = 60.0
+    aws_max_attempts: int = 3
+
+    images_bucket: str = "radstream-images"
+    results_bucket: str = "radstream-results"
+    datalake_bucket: str = "radstream-datalake"
+    status_table: str = "radstream-studies"
+    inference_queue: str = "radstream-inference"
+    telemetry_stream: str = "radstream-telemetry"
+    state_machine_name: str = "radstream-pipeline"
+    kms_key_id: str | None = Field(None, description="SSE-KMS key for objects; None requests SSE-S3 (AES256)")
+
+    # HTTP gateway
+    http_host: str = "127.0.0.1"
+    http_port: int = 8080
+    public_base_url: str | None = Field(None, description="Base of RetrieveURLs; default http://host:port")
+    api_keys: SecretStr | None = Field(None, description='"tenant:key,tenant2:key2"')
+    api_key_file: Path = PROJECT_ROOT / ".radstream" / "api-key"
+
+    # STOW-RS limits
+    max_upload_bytes: int = 4 * 1024**3
+    spool_memory_bytes: int = 4 * 1024**2
+    stow_concurrent_puts: int = 8
+    max_concurrent_stow_requests: int = 64
+    storage_retry_after_s: int = 5
+
+    # Triton and the inference worker
+    triton_grpc_url: str = "127.0.0.1:8001"
+    triton_http_port: int = 8000
+    triton_metrics_port: int = 8002
+    model_repository: Path = PROJECT_ROOT / "triton" / "models"
+    state_dir: Path = PROJECT_ROOT / ".radstream"
+
+    @field_validator("aws_endpoint_url", "kms_key_id", "public_base_url", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: object) -> object:
+        return None if value == "" else value
+
+    def tenant_keys(self) -> dict[str, str]:
+        """Map of API key -> tenant parsed from ``api_keys``; an empty map when none are configured."""
+        if self.api_keys is None:
+            return {}
+        keys: dict[str, str] = {}
+        for item in self.api_keys.get_secret_value().split(","):
+            item = item.strip()
+            if not item:
+                continue
+            tenant, sep, key = item.partition(":")
+            if not sep or not tenant or not key:
+                raise ValueError(f"RADSTREAM_API_KEYS entry {tenant!r} is not of the form tenant:key")
+            if self.environment == "production" and len(key) < 24:
+                raise ValueError(f"API key of tenant {tenant!r} is shorter than 24 characters")
+            keys[key] = tenant
+        return keys
+
+    @property
+    def base_url(self) -> str:
+        return self.public_base_url or f"http://{self.http_host}:{self.http_port}"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

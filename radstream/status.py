@@ -1,0 +1,128 @@
+"""Study status in DynamoDB: one item per (tenant, study), written by the gateway and the pipeline."""
+
+from __future__ import annotations
+
+import enum
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from radstream.storage import translate
+
+
+class StudyState(enum.StrEnum):
+    RECEIVED = "received"
+    PROCESSING = "processing"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+
+class StudyStatus(BaseModel):
+    study_instance_uid: str
+    status: StudyState
+    instances: int = Field(description="SOP instances stored for this study")
+    series: int = Field(description="distinct series among them")
+    created_at: datetime
+    updated_at: datetime
+    stage_times_ms: dict[str, float] = Field(default_factory=dict)
+    result_location: str | None = None
+    failure_reason: str | None = None
+    model: str | None = None
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class StatusStore:
+    """Typed access to the status table (partition key ``pk`` = tenant, sort key ``sk`` = study UID)."""
+
+    def __init__(self, client: Any, table: str) -> None:
+        self._ddb = client
+        self.table = table
+
+    async def record_received(self, tenant: str, study: str, *, new_instances: int, series: set[str]) -> None:
+        now = utcnow().isoformat()
+        try:
+            await self._ddb.update_item(
+                TableName=self.table,
+                Key={"pk": {"S": tenant}, "sk": {"S": study}},
+                UpdateExpression=(
+                    "SET #s = :received, created_at = if_not_exists(created_at, :now), updated_at = :now, "
+                    "stage_times_ms = if_not_exists(stage_times_ms, :empty) "
+                    "ADD instance_count :n, series_uids :series"
+                ),
+                ExpressionAttributeNames={"#s": "status"},
+                ExpressionAttributeValues={
+                    ":received": {"S": StudyState.RECEIVED.value},
+                    ":now": {"S": now},
+                    ":n": {"N": str(new_instances)},
+                    ":series": {"SS": sorted(series)},
+                    ":empty": {"M": {}},
+                },
+            )
+        except Exception as exc:
+            raise translate(exc, "UpdateItem") from exc
+
+    async def set_state(
+        self,
+        tenant: str,
+        study: str,
+        state: StudyState,
+        *,
+        stage: str | None = None,
+        stage_ms: float | None = None,
+        result_location: str | None = None,
+        failure_reason: str | None = None,
+        model: str | None = None,
+    ) -> None:
+        names = {"#s": "status"}
+        values: dict[str, Any] = {":state": {"S": state.value}, ":now": {"S": utcnow().isoformat()}}
+        sets = ["#s = :state", "updated_at = :now"]
+        if stage is not None and stage_ms is not None:  # the map exists since record_received
+            names["#stage"] = stage
+            values[":ms"] = {"N": f"{stage_ms:.3f}"}
+            sets.append("stage_times_ms.#stage = :ms")
+        for field, value in (
+            ("result_location", result_location),
+            ("failure_reason", failure_reason),
+            ("model", model),
+        ):
+            if value is not None:
+                values[f":{field}"] = {"S": value}
+                sets.append(f"{field} = :{field}")
+        try:
+            await self._ddb.update_item(
+                TableName=self.table,
+                Key={"pk": {"S": tenant}, "sk": {"S": study}},
+                UpdateExpression="SET " + ", ".join(sets),
+                ConditionExpression="attribute_exists(pk)",
+                ExpressionAttributeNames=names,
+                ExpressionAttributeValues=values,
+            )
+        except Exception as exc:
+            raise translate(exc, "UpdateItem") from exc
+
+    async def get(self, tenant: str, study: str) -> StudyStatus | None:
+        try:
+            response = await self._ddb.get_item(
+                TableName=self.table, Key={"pk": {"S": tenant}, "sk": {"S": study}}, ConsistentRead=True
+            )
+        except Exception as exc:
+            raise translate(exc, "GetItem") from exc
+        item = response.get("Item")
+        if item is None:
+            return None
+        return StudyStatus(
+            study_instance_uid=study,
+            status=StudyState(item["status"]["S"]),
+            instances=int(item.get("instance_count", {}).get("N", "0")),
+            series=len(item.get("series_uids", {}).get("SS", [])),
+            created_at=datetime.fromisoformat(item["created_at"]["S"]),
+            updated_at=datetime.fromisoformat(item["updated_at"]["S"]),
+            stage_times_ms={k: float(v["N"]) for k, v in item.get("stage_times_ms", {}).get("M", {}).items()},
+            result_location=item.get("result_location", {}).get("S"),
+            failure_reason=item.get("failure_reason", {}).get("S"),
+            model=item.get("model", {}).get("S"),
+        )

@@ -1,0 +1,164 @@
+"""The object store: S3 through aioboto3, with write-once semantics for DICOM instances.
+
+``put_once`` uses a conditional write (``If-None-Match: *``), so two writers can never replace an object
+and the answer always says what is in the bucket now: created, identical (same SHA-256), or conflict.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import IO, Any
+
+from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError
+
+from radstream.errors import NotFound, StorageUnavailable
+
+SHA256_METADATA_KEY = "sha256"
+_UNAVAILABLE_CODES = frozenset({"ServiceUnavailable", "SlowDown", "InternalError", "RequestTimeout", "503"})
+
+
+class PutOutcome(enum.Enum):
+    CREATED = "created"
+    IDENTICAL = "identical"
+    CONFLICT = "conflict"
+
+
+class StorageError(Exception):
+    """A storage call failed for a reason other than unavailability (permissions, bad request)."""
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    size: int
+    sha256: str | None
+    content_type: str | None
+
+
+def _is_unavailable(exc: Exception) -> bool:
+    if isinstance(exc, (EndpointConnectionError, BotoCoreError, OSError, TimeoutError)):
+        return True
+    if isinstance(exc, ClientError):
+        code = str(exc.response.get("Error", {}).get("Code", ""))
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        return code in _UNAVAILABLE_CODES or status >= 500
+    return False
+
+
+def translate(exc: Exception, what: str) -> Exception:
+    """Map a boto exception onto StorageUnavailable (retry later) or StorageError (do not retry)."""
+    if _is_unavailable(exc):
+        return StorageUnavailable(f"storage unavailable during {what}: {type(exc).__name__}")
+    return StorageError(f"{what} failed: {exc}")
+
+
+class ObjectStore:
+    """Thin typed wrapper over an aioboto3 S3 client for one bucket."""
+
+    def __init__(self, client: Any, bucket: str, *, kms_key_id: str | None = None) -> None:
+        self._s3 = client
+        self.bucket = bucket
+        self._kms_key_id = kms_key_id
+
+    def _encryption(self) -> dict[str, str]:
+        if self._kms_key_id:
+            return {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": self._kms_key_id}
+        return {"ServerSideEncryption": "AES256"}
+
+    async def put_once(
+        self, key: str, body: IO[bytes] | bytes, *, sha256: str, size: int, content_type: str
+    ) -> PutOutcome:
+        """Write ``body`` under ``key`` unless an object is there already; never overwrite."""
+        try:
+            await self._s3.put_object(
+                Bucket=self.bucket,
+                Key=key,
+                Body=body,
+                ContentLength=size,
+                ContentType=content_type,
+                Metadata={SHA256_METADATA_KEY: sha256},
+                IfNoneMatch="*",
+                **self._encryption(),
+            )
+            return PutOutcome.CREATED
+        except ClientError as exc:
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if status not in (409, 412):  # 412: exists; 409: a concurrent conditional write won
+                raise translate(exc, "PutObject") from exc
+        except Exception as exc:
+            raise translate(exc, "PutObject") from exc
+        existing = await self.head(key)
+        return PutOutcome.IDENTICAL if existing.sha256 == sha256 else PutOutcome.CONFLICT
+
+    async def put_json(self, key: str, document: Any) -> None:
+        body = json.dumps(document, separators=(",", ":"), sort_keys=True).encode()
+        await self.put_bytes(key, body, content_type="application/json")
+
+    async def put_bytes(self, key: str, body: bytes, *, content_type: str) -> None:
+        try:
+            await self._s3.put_object(
+                Bucket=self.bucket, Key=key, Body=body, ContentType=content_type, **self._encryption()
+            )
+        except Exception as exc:
+            raise translate(exc, "PutObject") from exc
+
+    async def head(self, key: str) -> StoredObject:
+        try:
+            meta = await self._s3.head_object(Bucket=self.bucket, Key=key)
+        except ClientError as exc:
+            if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
+                raise NotFound(f"object {key} not found") from exc
+            raise translate(exc, "HeadObject") from exc
+        except Exception as exc:
+            raise translate(exc, "HeadObject") from exc
+        return StoredObject(
+            size=int(meta["ContentLength"]),
+            sha256=meta.get("Metadata", {}).get(SHA256_METADATA_KEY),
+            content_type=meta.get("ContentType"),
+        )
+
+    async def get_bytes(self, key: str) -> bytes:
+        chunks = [chunk async for chunk in self.stream(key)]
+        return b"".join(chunks)
+
+    async def open_stream(self, key: str, chunk_bytes: int = 256 * 1024) -> tuple[int, AsyncIterator[bytes]]:
+        """(size, iterator over the body) of ``key``; NotFound when missing. The body is not buffered."""
+        try:
+            response = await self._s3.get_object(Bucket=self.bucket, Key=key)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                raise NotFound(f"object {key} not found") from exc
+            raise translate(exc, "GetObject") from exc
+        except Exception as exc:
+            raise translate(exc, "GetObject") from exc
+        body = response["Body"]
+
+        async def chunks() -> AsyncIterator[bytes]:
+            async with body as stream:
+                while True:
+                    chunk = await stream.read(chunk_bytes)
+                    if not chunk:
+                        return
+                    yield chunk
+
+        return int(response["ContentLength"]), chunks()
+
+    async def stream(self, key: str) -> AsyncIterator[bytes]:
+        _, chunks = await self.open_stream(key)
+        async for chunk in chunks:
+            yield chunk
+
+    async def delete(self, key: str) -> None:
+        try:
+            await self._s3.delete_object(Bucket=self.bucket, Key=key)
+        except Exception as exc:
+            raise translate(exc, "DeleteObject") from exc
+
+    async def reachable(self) -> bool:
+        try:
+            await self._s3.head_bucket(Bucket=self.bucket)
+        except Exception:
+            return False
+        return True
