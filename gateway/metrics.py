@@ -6,7 +6,6 @@ import time
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 if TYPE_CHECKING:
@@ -74,12 +73,6 @@ class MetricsMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        route = "unmatched"
-        for candidate in scope["app"].router.routes:
-            match, _ = candidate.matches(scope)
-            if match is Match.FULL:
-                route = getattr(candidate, "path", "unmatched")
-                break
         status = 500
         started = time.perf_counter()
 
@@ -93,5 +86,6 @@ class MetricsMiddleware:
             await self.app(scope, receive, send_wrapper)
         finally:
             method = scope["method"]
+            route = getattr(scope.get("route"), "path", "unmatched")  # set by the router once matched
             self.metrics.latency.labels(route, method).observe(time.perf_counter() - started)
             self.metrics.requests.labels(route, method, str(status)).inc()

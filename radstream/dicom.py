@@ -97,11 +97,24 @@ def _uid(ds: pydicom.Dataset, keyword: str, cls: str | None, inst: str | None) -
     if not is_uid(text):
         raise DicomPartError(
             FailureReason.INVALID_ATTRIBUTE,
-            f"{keyword} {text[:70]!r} is not a valid UID",
+            f"{keyword} is not a valid UID: {text[:40]!r}",
             sop_class_uid=cls,
             sop_instance_uid=inst,
         )
     return text
+
+
+def starts_with_file_meta(head: bytes) -> bool:
+    """True for a Part 10 stream written without the 128-byte preamble and 'DICM' (as some clients do):
+    it starts directly with a File Meta Information element, group 0002 in explicit VR little endian."""
+    return len(head) >= 6 and head[:2] == b"\x02\x00" and head[4:6].isalpha()
+
+
+def _starts_with_file_meta(stream: BinaryIO) -> bool:
+    start = stream.tell()
+    head = stream.read(6)
+    stream.seek(start)
+    return starts_with_file_meta(head)
 
 
 def read_header(stream: BinaryIO) -> InstanceHeader:
@@ -110,7 +123,7 @@ def read_header(stream: BinaryIO) -> InstanceHeader:
     Raises :class:`DicomPartError` with the failure reason for anything the gateway must refuse.
     """
     try:
-        ds = pydicom.dcmread(stream, stop_before_pixels=True)
+        ds = pydicom.dcmread(stream, stop_before_pixels=True, force=_starts_with_file_meta(stream))
     except InvalidDicomError as exc:
         raise DicomPartError(FailureReason.CANNOT_UNDERSTAND, f"not a DICOM Part 10 stream: {exc}"[:200]) from exc
     except Exception as exc:  # pydicom raises many types on corrupt input

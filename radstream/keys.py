@@ -34,6 +34,11 @@ def instance_key(tenant: str, study: str, series: str, sop: str) -> str:
     return f"instances/{tenant}/{study}/{series}/{sop}.dcm"
 
 
+def study_prefix(tenant: str, study: str) -> str:
+    _check(tenant, study)
+    return f"instances/{tenant}/{study}/"
+
+
 def manifest_key(tenant: str, study: str, request_id: str) -> str:
     _check(tenant, study)
     return f"{MANIFEST_PREFIX}{tenant}/{study}/{request_id}.json"

@@ -57,7 +57,7 @@ class Settings(BaseSettings):
     model_repository: Path = PROJECT_ROOT / "triton" / "models"
     state_dir: Path = PROJECT_ROOT / ".radstream"
 
-    @field_validator("aws_endpoint_url", "kms_key_id", "public_base_url", mode="before")
+    @field_validator("aws_endpoint_url", "kms_key_id", "public_base_url", "api_keys", mode="before")
     @classmethod
     def _empty_is_none(cls, value: object) -> object:
         return None if value == "" else value
@@ -82,6 +82,17 @@ class Settings(BaseSettings):
     @property
     def base_url(self) -> str:
         return self.public_base_url or f"http://{self.http_host}:{self.http_port}"
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The environment that reproduces ``settings`` in a child process."""
+    env: dict[str, str] = {}
+    for name in type(settings).model_fields:
+        value = getattr(settings, name)
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        env[f"RADSTREAM_{name.upper()}"] = "" if value is None else str(value)
+    return env
 
 
 @lru_cache(maxsize=1)

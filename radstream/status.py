@@ -42,7 +42,8 @@ class StatusStore:
         self._ddb = client
         self.table = table
 
-    async def record_received(self, tenant: str, study: str, *, new_instances: int, series: set[str]) -> None:
+    async def record_received(self, tenant: str, study: str) -> None:
+        """Mark the study ``received``. Instance and series counts come from the object store (the truth)."""
         now = utcnow().isoformat()
         try:
             await self._ddb.update_item(
@@ -50,15 +51,12 @@ class StatusStore:
                 Key={"pk": {"S": tenant}, "sk": {"S": study}},
                 UpdateExpression=(
                     "SET #s = :received, created_at = if_not_exists(created_at, :now), updated_at = :now, "
-                    "stage_times_ms = if_not_exists(stage_times_ms, :empty) "
-                    "ADD instance_count :n, series_uids :series"
+                    "stage_times_ms = if_not_exists(stage_times_ms, :empty)"
                 ),
                 ExpressionAttributeNames={"#s": "status"},
                 ExpressionAttributeValues={
                     ":received": {"S": StudyState.RECEIVED.value},
                     ":now": {"S": now},
-                    ":n": {"N": str(new_instances)},
-                    ":series": {"SS": sorted(series)},
                     ":empty": {"M": {}},
                 },
             )
@@ -104,7 +102,7 @@ class StatusStore:
         except Exception as exc:
             raise translate(exc, "UpdateItem") from exc
 
-    async def get(self, tenant: str, study: str) -> StudyStatus | None:
+    async def get(self, tenant: str, study: str, *, instances: int, series: int) -> StudyStatus | None:
         try:
             response = await self._ddb.get_item(
                 TableName=self.table, Key={"pk": {"S": tenant}, "sk": {"S": study}}, ConsistentRead=True
@@ -117,8 +115,8 @@ class StatusStore:
         return StudyStatus(
             study_instance_uid=study,
             status=StudyState(item["status"]["S"]),
-            instances=int(item.get("instance_count", {}).get("N", "0")),
-            series=len(item.get("series_uids", {}).get("SS", [])),
+            instances=instances,
+            series=series,
             created_at=datetime.fromisoformat(item["created_at"]["S"]),
             updated_at=datetime.fromisoformat(item["updated_at"]["S"]),
             stage_times_ms={k: float(v["N"]) for k, v in item.get("stage_times_ms", {}).get("M", {}).items()},

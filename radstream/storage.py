@@ -136,12 +136,11 @@ class ObjectStore:
         body = response["Body"]
 
         async def chunks() -> AsyncIterator[bytes]:
-            async with body as stream:
-                while True:
-                    chunk = await stream.read(chunk_bytes)
-                    if not chunk:
-                        return
+            try:
+                async for chunk in body.iter_chunks(chunk_bytes):
                     yield chunk
+            finally:
+                body.close()
 
         return int(response["ContentLength"]), chunks()
 
@@ -149,6 +148,19 @@ class ObjectStore:
         _, chunks = await self.open_stream(key)
         async for chunk in chunks:
             yield chunk
+
+    async def list_keys(self, prefix: str) -> list[str]:
+        keys: list[str] = []
+        token: dict[str, str] = {}
+        try:
+            while True:
+                page = await self._s3.list_objects_v2(Bucket=self.bucket, Prefix=prefix, **token)
+                keys.extend(obj["Key"] for obj in page.get("Contents", []))
+                if not page.get("IsTruncated"):
+                    return keys
+                token = {"ContinuationToken": page["NextContinuationToken"]}
+        except Exception as exc:
+            raise translate(exc, "ListObjectsV2") from exc
 
     async def delete(self, key: str) -> None:
         try:

@@ -30,6 +30,7 @@ from radstream.dicom import (
     InstanceHeader,
     WarningReason,
     read_header,
+    starts_with_file_meta,
 )
 from radstream.errors import BadRequest, PayloadTooLarge, StorageUnavailable, UnsupportedMediaType
 from radstream.settings import Settings
@@ -39,6 +40,8 @@ from radstream.storage import ObjectStore, PutOutcome, StorageError
 log = logging.getLogger("radstream.stow")
 
 DICOM_MEDIA_TYPE = "application/dicom"
+PART10_PREAMBLE = b"\x00" * 128 + b"DICM"
+PREAMBLE_PROBE = b"\x02\x00\x00\x00UL"  # only its length matters: enough bytes to recognise group 0002
 
 
 @dataclass
@@ -108,8 +111,26 @@ class _Spool:
         self.sha256 = hashlib.sha256()
         self.size = 0
         self.headers = headers
+        self._head: bytes | None = b""  # the first bytes, until we know whether a preamble is missing
 
     def write(self, data: bytes) -> None:
+        if self._head is not None:
+            self._head += data
+            if len(self._head) < len(PREAMBLE_PROBE):
+                return
+            data, self._head = self._head, None
+            if starts_with_file_meta(data):
+                # Part 10 without its 128-byte preamble and "DICM" (dicomweb-client sends this): store the
+                # standard file format, so every reader (and WADO-RS clients) can open what we return.
+                self._write(PART10_PREAMBLE)
+        self._write(data)
+
+    def finish(self) -> None:
+        if self._head:  # a part shorter than the probe
+            self._write(self._head)
+        self._head = None
+
+    def _write(self, data: bytes) -> None:
         self.file.write(data)
         self.sha256.update(data)
         self.size += len(data)
@@ -161,6 +182,7 @@ class StowService:
                     elif isinstance(event, PartData) and spool is not None:
                         spool.write(event.data)
                     elif isinstance(event, PartEnd) and spool is not None:
+                        spool.finish()
                         await slots.acquire()
                         tasks.append(asyncio.create_task(self._store_part(tenant, path_study_uid, spool, slots)))
                         spool = None
@@ -207,7 +229,7 @@ class StowService:
             if path_study_uid is not None and header.study_instance_uid != path_study_uid:
                 return FailedInstance(
                     FailureReason.STUDY_UID_MISMATCH,
-                    f"StudyInstanceUID {header.study_instance_uid} does not match {path_study_uid} in the path",
+                    "StudyInstanceUID does not match the study in the request path",
                     header.sop_class_uid,
                     header.sop_instance_uid,
                 )
@@ -236,7 +258,7 @@ class StowService:
             if outcome is PutOutcome.CONFLICT:
                 return FailedInstance(
                     FailureReason.DUPLICATE_SOP_INSTANCE,
-                    "an instance with this SOPInstanceUID and different content is stored already",
+                    "different content is stored under this SOPInstanceUID",
                     header.sop_class_uid,
                     header.sop_instance_uid,
                 )
@@ -256,12 +278,7 @@ class StowService:
         written: list[str] = []
         try:
             for study, instances in by_study.items():
-                await self._status.record_received(
-                    tenant,
-                    study,
-                    new_instances=len(instances),
-                    series={i.header.series_instance_uid for i in instances},
-                )
+                await self._status.record_received(tenant, study)
                 request_id = f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:12]}"
                 key = keys.manifest_key(tenant, study, request_id)
                 await self._images.put_json(key, _manifest(tenant, study, request_id, instances))

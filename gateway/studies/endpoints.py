@@ -8,7 +8,7 @@ from gateway.auth import Tenant
 from gateway.dicomweb.endpoints import Uid
 from gateway.errors import error_responses
 from gateway.services import ServicesDep
-from radstream.errors import NotFound
+from gateway.studies import service
 from radstream.status import StudyStatus
 
 router = APIRouter(prefix="/v1/studies", tags=["Studies"])
@@ -21,7 +21,4 @@ router = APIRouter(prefix="/v1/studies", tags=["Studies"])
     responses=error_responses(401, 404, 422, 503),
 )
 async def study_status(study: Uid, tenant: Tenant, services: ServicesDep) -> StudyStatus:
-    status = await services.status.get(tenant, study)
-    if status is None:
-        raise NotFound(f"study {study} not found")
-    return status
+    return await service.study_status(services, tenant, study)

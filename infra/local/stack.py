@@ -17,7 +17,7 @@ from infra.local.emulator import emulator_process_spec, http_ok
 from infra.local.processes import ProcessSpec
 from infra.local.provision import provision
 from infra.local.supervisor import StopFlag, Supervisor
-from radstream.settings import Settings
+from radstream.settings import Settings, settings_env
 
 log = logging.getLogger("radstream.stack")
 LOCAL_TENANT = "local"
@@ -40,11 +40,9 @@ def ensure_api_keys(settings: Settings) -> str:
 
 
 def child_env(settings: Settings, api_keys: str) -> dict[str, str]:
-    env = dict(os.environ)
+    """This process's environment plus every setting, so children see the same configuration."""
+    env = {**os.environ, **settings_env(settings)}
     env["RADSTREAM_API_KEYS"] = api_keys
-    env["RADSTREAM_AWS_ENDPOINT_URL"] = settings.aws_endpoint_url or ""
-    env["RADSTREAM_HTTP_PORT"] = str(settings.http_port)
-    env["RADSTREAM_HTTP_HOST"] = settings.http_host
     return env
 
 

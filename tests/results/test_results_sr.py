@@ -1,0 +1,140 @@
+"""The study SR: content, references, patient/study copy, bytes round-trip, dciodvfy."""
+
+from collections.abc import Callable
+from io import BytesIO
+
+import highdicom as hd
+import numpy as np
+import pytest
+from pydicom import Dataset
+from pydicom.uid import Comprehensive3DSRStorage, generate_uid
+from results_sources import (
+    ACCESSION_NUMBER,
+    MODEL_NAME,
+    MODEL_VERSION,
+    PATIENT_BIRTH_DATE,
+    PATIENT_ID,
+    PATIENT_NAME,
+    THRESHOLD,
+    Study,
+    Verification,
+    dicom_json,
+    make_ct_series,
+    make_output,
+)
+
+from worker.results import InconsistentInputError, build_sr, dataset_from_bytes, dataset_to_bytes
+from worker.results.codes import ABSENT, LESION, PRESENT, PROBABILITY
+
+
+def _report(sr: Dataset) -> hd.sr.MeasurementReport:
+    """Decode the SR's bytes with highdicom and return its measurement report."""
+    content = hd.sr.srread(BytesIO(dataset_to_bytes(sr))).content
+    assert isinstance(content, hd.sr.MeasurementReport)
+    return content
+
+
+def test_sr_round_trips_through_bytes_unchanged(study: Study) -> None:
+    sr = build_sr(study.headers, study.outputs, threshold=THRESHOLD)
+    data = dataset_to_bytes(sr)
+    read = dataset_from_bytes(data)
+    assert dicom_json(read) == dicom_json(sr)
+    assert set(read.keys()) == set(sr.keys())
+    assert read.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"
+    assert read.file_meta.MediaStorageSOPInstanceUID == sr.SOPInstanceUID
+    assert dataset_to_bytes(read) == data
+
+
+def test_sr_passes_dciodvfy(study: Study, dciodvfy: Callable[[bytes], Verification]) -> None:
+    sr = build_sr(study.headers, study.outputs, threshold=THRESHOLD)
+    result = dciodvfy(dataset_to_bytes(sr))
+    assert "Comprehensive3DSR" in result.output
+    assert result.errors == [], result.output
+
+
+def test_sr_copies_patient_and_study_into_a_new_series(study: Study) -> None:
+    sr = dataset_from_bytes(dataset_to_bytes(build_sr(study.headers, study.outputs, threshold=THRESHOLD)))
+    source = study.ct[0]
+    assert sr.SOPClassUID == Comprehensive3DSRStorage
+    assert str(sr.PatientName) == PATIENT_NAME
+    assert sr.PatientID == PATIENT_ID
+    assert sr.PatientBirthDate == PATIENT_BIRTH_DATE
+    assert sr.StudyInstanceUID == source.StudyInstanceUID
+    assert sr.AccessionNumber == ACCESSION_NUMBER
+    assert sr.Modality == "SR"
+    assert sr.Manufacturer == "RadStream"
+    assert sr.SeriesInstanceUID not in {header.SeriesInstanceUID for header in study.headers}
+    assert sr.CompletionFlag == "COMPLETE"
+
+
+def test_sr_references_every_source_instance_as_evidence(study: Study) -> None:
+    sr = dataset_from_bytes(dataset_to_bytes(build_sr(study.headers, study.outputs, threshold=THRESHOLD)))
+    evidence = {
+        item.ReferencedSOPInstanceUID: item.ReferencedSOPClassUID
+        for study_item in sr.CurrentRequestedProcedureEvidenceSequence
+        for series in study_item.ReferencedSeriesSequence
+        for item in series.ReferencedSOPSequence
+    }
+    assert evidence == {header.SOPInstanceUID: header.SOPClassUID for header in study.headers}
+
+
+def test_sr_records_probability_finding_and_peak_point_per_image(study: Study) -> None:
+    report = _report(build_sr(study.headers, study.outputs, threshold=THRESHOLD))
+    groups = report.get_planar_roi_measurement_groups()
+    assert len(groups) == len(study.outputs)
+    by_instance = {}
+    for group in groups:
+        assert isinstance(group.roi, hd.sr.ImageRegion)
+        image = group.roi.ContentSequence[0].ReferencedSOPSequence[0]
+        by_instance[image.ReferencedSOPInstanceUID] = (group, group.roi)
+    for header, output in zip(study.headers, study.outputs, strict=True):
+        group, region = by_instance[header.SOPInstanceUID]
+        assert group.finding_type == LESION
+        assert region.graphic_type == hd.sr.GraphicTypeValues.POINT
+        np.testing.assert_allclose(region.value, [[output.peak_col + 0.5, output.peak_row + 0.5]], rtol=1e-6)
+        [measurement] = group.get_measurements(name=PROBABILITY)
+        assert measurement.value == pytest.approx(output.probability, abs=1e-6)
+        assert measurement.unit.value == "1"
+        [evaluation] = group.get_qualitative_evaluations(name=LESION)
+        assert evaluation.value == (PRESENT if output.probability >= THRESHOLD else ABSENT)
+
+
+def test_sr_identifies_the_model(study: Study) -> None:
+    report = _report(build_sr(study.headers, study.outputs, threshold=THRESHOLD))
+    context = report[0].ContentSequence
+    texts = {item.ConceptNameCodeSequence[0].CodeMeaning: item.get("TextValue") for item in context}
+    assert texts["Device Observer Name"] == MODEL_NAME
+    assert texts["Device Observer Manufacturer"] == "RadStream"
+    group = report.get_planar_roi_measurement_groups()[0]
+    algorithm = {
+        item.ConceptNameCodeSequence[0].CodeMeaning: item.TextValue
+        for item in group[0].ContentSequence
+        if item.ValueType == "TEXT"
+    }
+    assert algorithm["Algorithm Name"] == MODEL_NAME
+    assert algorithm["Algorithm Version"] == MODEL_VERSION
+
+
+def test_sr_with_no_positive_image_records_absent_findings(study: Study) -> None:
+    outputs = [make_output(header, 0.1) for header in study.ct]
+    report = _report(build_sr(study.ct, outputs, threshold=THRESHOLD))
+    values = [group.get_qualitative_evaluations()[0].value for group in report.get_planar_roi_measurement_groups()]
+    assert values == [ABSENT] * len(study.ct)
+
+
+def test_sr_refuses_outputs_for_unknown_instances(study: Study) -> None:
+    stranger = make_ct_series(study.ct[0].StudyInstanceUID, slices=1)[0]
+    with pytest.raises(InconsistentInputError, match="without a source header"):
+        build_sr(study.ct, [make_output(stranger, 0.9)], threshold=THRESHOLD)
+
+
+def test_sr_refuses_outputs_of_several_models(study: Study) -> None:
+    outputs = [make_output(study.ct[0], 0.9), make_output(study.ct[1], 0.9, model_version="4.0.0")]
+    with pytest.raises(InconsistentInputError, match="model name/version"):
+        build_sr(study.ct, outputs, threshold=THRESHOLD)
+
+
+def test_sr_refuses_sources_of_several_studies(study: Study) -> None:
+    other = make_ct_series(generate_uid(), slices=1)
+    with pytest.raises(InconsistentInputError, match="studies"):
+        build_sr([*study.ct, *other], [make_output(study.ct[0], 0.9)], threshold=THRESHOLD)

@@ -1,0 +1,110 @@
+"""The `radstream` command: `send` against a live gateway, `up` started and stopped as a user would."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from infra.local.provision import provision
+from radstream import synthetic
+from radstream.settings import Settings
+from tests.conftest import KEY_ALPHA, Gateway, free_port
+from tests.gateway.stowhelp import stow
+
+RADSTREAM = str(Path(sys.executable).parent / "radstream")
+
+
+def test_send_uploads_folder_and_reports_non_dicom(gateway: Gateway, tmp_path: Path) -> None:
+    uids = synthetic.StudyUids.new()
+    for i in range(5):
+        (tmp_path / f"slice{i}.dcm").write_bytes(synthetic.to_bytes(synthetic.ct_slice(uids, i, rows=64, cols=64)))
+    (tmp_path / "notes.txt").write_text("not an image")
+    result = subprocess.run(
+        [RADSTREAM, "send", str(tmp_path), "--url", gateway.url, "--api-key", KEY_ALPHA, "--batch", "2"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "stored" in result.stdout and "│     5 │" in result.stdout
+    assert "notes.txt" in result.stdout
+    status = httpx.get(f"{gateway.url}/v1/studies/{uids.study}", headers=gateway.auth()).json()
+    assert status["instances"] == 5
+
+
+def test_send_exits_nonzero_on_failures(gateway: Gateway, tmp_path: Path) -> None:
+    uids = synthetic.StudyUids.new()
+    ds = synthetic.ct_slice(uids, 0, rows=32, cols=32)
+    assert stow(gateway.url, gateway.auth(), [synthetic.to_bytes(ds)]).status_code == 200
+    ds.SeriesDescription = "edited after sending"
+    (tmp_path / "edited.dcm").write_bytes(synthetic.to_bytes(ds))
+    result = subprocess.run(
+        [RADSTREAM, "send", str(tmp_path), "--url", gateway.url, "--api-key", KEY_ALPHA],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1
+    assert "0x0111" in result.stdout
+
+
+async def test_provisioning_is_idempotent(settings: Settings) -> None:
+    first = await provision(settings)
+    assert await provision(settings) == first
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def test_up_runs_the_stack_and_stops_every_child(tmp_path: Path) -> None:
+    port, aws_port = free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RADSTREAM_")}
+    env |= {
+        "RADSTREAM_HTTP_PORT": str(port),
+        "RADSTREAM_AWS_ENDPOINT_URL": f"http://127.0.0.1:{aws_port}",
+        "RADSTREAM_STATE_DIR": str(tmp_path),
+        "RADSTREAM_API_KEY_FILE": str(tmp_path / "api-key"),
+    }
+    log = (tmp_path / "up.log").open("w+")
+    proc = subprocess.Popen([RADSTREAM, "up"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        while "RadStream is up" not in (tmp_path / "up.log").read_text():
+            assert proc.poll() is None, (tmp_path / "up.log").read_text()
+            assert time.monotonic() < deadline, "stack did not come up in 120 s"
+            time.sleep(0.5)
+        key = (tmp_path / "api-key").read_text().strip()
+        assert oct((tmp_path / "api-key").stat().st_mode & 0o777) == "0o600"
+        assert key in (tmp_path / "up.log").read_text()
+        url = f"http://127.0.0.1:{port}"
+        assert httpx.get(f"{url}/readyz").status_code == 200
+        assert httpx.get(f"{url}/docs").status_code == 200
+        uids, (ds,) = synthetic.StudyUids.new(), [None]
+        ds = synthetic.ct_slice(uids, 0, rows=32, cols=32)
+        assert stow(url, {"Authorization": f"Bearer {key}"}, [synthetic.to_bytes(ds)]).status_code == 200
+        children = _children(proc.pid)
+        assert len(children) >= 2  # emulator + gateway
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+        for child in children:
+            assert not Path(f"/proc/{child}").exists() or "zombie" in Path(f"/proc/{child}/status").read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        log.close()

@@ -1,0 +1,68 @@
+"""Pairing of source image headers with the model output for each of them."""
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from pydicom import Dataset
+
+from worker.inference.types import InstanceOutput
+from worker.results.errors import InconsistentInputError
+
+
+@dataclass(frozen=True)
+class AnalysedInstance:
+    """A source image header together with the model output computed for it."""
+
+    header: Dataset
+    output: InstanceOutput
+
+
+def check_inputs(source_headers: Sequence[Dataset], outputs: Sequence[InstanceOutput]) -> None:
+    """Check that headers and outputs describe one study analysed by one model.
+
+    Raises
+    ------
+    InconsistentInputError
+        If there are no headers or outputs, the headers span several studies
+        or repeat a SOP instance, an output names an unknown or repeated SOP
+        instance, or the outputs come from several model names/versions.
+    """
+    if not source_headers:
+        raise InconsistentInputError("no source headers given")
+    if not outputs:
+        raise InconsistentInputError("no model outputs given")
+    studies = {str(header.StudyInstanceUID) for header in source_headers}
+    if len(studies) != 1:
+        raise InconsistentInputError(f"source headers span {len(studies)} studies; expected one")
+    header_uids = [str(header.SOPInstanceUID) for header in source_headers]
+    if len(set(header_uids)) != len(header_uids):
+        raise InconsistentInputError("a SOP instance appears more than once among the source headers")
+    output_uids = [output.sop_instance_uid for output in outputs]
+    if len(set(output_uids)) != len(output_uids):
+        raise InconsistentInputError("a SOP instance has more than one model output")
+    unknown = sorted(set(output_uids) - set(header_uids))
+    if unknown:
+        raise InconsistentInputError(f"model outputs for SOP instances without a source header: {unknown}")
+    models = {(output.model_name, output.model_version) for output in outputs}
+    if len(models) != 1:
+        raise InconsistentInputError(f"outputs come from {len(models)} model name/version pairs; expected one")
+    for output in outputs:
+        if not 0.0 <= output.probability <= 1.0:
+            raise InconsistentInputError(
+                f"probability {output.probability} of {output.sop_instance_uid} is outside 0..1"
+            )
+
+
+def pair(source_headers: Sequence[Dataset], outputs: Sequence[InstanceOutput]) -> list[AnalysedInstance]:
+    """Return one :class:`AnalysedInstance` per output, in source header order.
+
+    Source headers without an output (an instance the model did not analyse)
+    are left out. Inputs are checked with :func:`check_inputs` first.
+    """
+    check_inputs(source_headers, outputs)
+    by_uid = {output.sop_instance_uid: output for output in outputs}
+    return [
+        AnalysedInstance(header=header, output=by_uid[str(header.SOPInstanceUID)])
+        for header in source_headers
+        if str(header.SOPInstanceUID) in by_uid
+    ]
