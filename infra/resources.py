@@ -4,6 +4,7 @@ tests check that the CloudFormation template declares the same keys and attribut
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from radstream.settings import Settings
 
@@ -31,6 +32,11 @@ class ResourceNames:
     trigger_dlq: str
     telemetry_stream: str
     state_machine: str
+    firehose: str
+    lambda_prefix: str
+
+    def function_name(self, suffix: str) -> str:
+        return f"{self.lambda_prefix}-{suffix}"
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ResourceNames:
@@ -44,4 +50,42 @@ class ResourceNames:
             trigger_dlq=f"{settings.state_machine_name}-trigger-dlq",
             telemetry_stream=settings.telemetry_stream,
             state_machine=settings.state_machine_name,
+            firehose=f"{settings.telemetry_stream}-to-datalake",
+            lambda_prefix="radstream",
         )
+
+
+# The Lambda functions: name suffix -> (handler, the ASL substitution that names its ARN).
+LAMBDA_FUNCTIONS: dict[str, tuple[str, str | None]] = {
+    "start-pipeline": ("worker.lambdas.start_pipeline", None),
+    "validate-metadata": ("worker.lambdas.validate_metadata", "ValidateMetadataFunctionArn"),
+    "prepare-tensors": ("worker.lambdas.prepare_tensors", "PrepareTensorsFunctionArn"),
+    "store-results": ("worker.lambdas.store_results", "StoreResultsFunctionArn"),
+    "mark-failed": ("worker.lambdas.mark_failed", "MarkFailedFunctionArn"),
+}
+STATE_MACHINE_FILE = Path(__file__).resolve().parent / "statemachine" / "pipeline.asl.json"
+TELEMETRY_PREFIX = "telemetry/year=!{timestamp:yyyy}/month=!{timestamp:MM}/day=!{timestamp:dd}/"
+TELEMETRY_ERROR_PREFIX = "telemetry-errors/!{firehose:error-output-type}/"
+
+
+def manifest_event_pattern(images_bucket: str) -> dict[str, object]:
+    """EventBridge pattern: objects created under manifests/ in the images bucket."""
+    return {
+        "source": ["aws.s3"],
+        "detail-type": ["Object Created"],
+        "detail": {"bucket": {"name": [images_bucket]}, "object": {"key": [{"prefix": "manifests/"}]}},
+    }
+
+
+MANIFEST_INPUT_PATHS = {"bucket": "$.detail.bucket.name", "key": "$.detail.object.key"}
+MANIFEST_INPUT_TEMPLATE = '{"bucket": "<bucket>", "key": "<key>"}'
+
+
+def state_machine_definition(substitutions: dict[str, str]) -> str:
+    """The ASL file with ``${Name}`` replaced, as CloudFormation's DefinitionSubstitutions does."""
+    text = STATE_MACHINE_FILE.read_text()
+    for name, value in substitutions.items():
+        text = text.replace("${" + name + "}", value)
+    if "${" in text:
+        raise ValueError("state machine definition has unfilled substitutions")
+    return text

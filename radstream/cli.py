@@ -130,5 +130,32 @@ def results(
         console.print(f"DICOM SR written to {sr}")
 
 
+@app.command()
+def worker() -> None:
+    """Run the inference worker (consumes the inference queue until SIGTERM)."""
+    import logging
+
+    from worker.main import run_worker
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    raise typer.Exit(asyncio.run(run_worker(get_settings())))
+
+
+@app.command()
+def infer(
+    files: Annotated[list[Path], typer.Argument(help="DICOM files")],
+    triton_url: Annotated[str | None, typer.Option(help="Triton gRPC host:port")] = None,
+) -> None:
+    """Run local DICOM files through preprocessing, the batcher and Triton; one JSON line per file."""
+    from worker.inference.cli import infer_files
+
+    settings = get_settings()
+    raise typer.Exit(infer_files(files, triton_url or settings.triton_grpc_url, settings))
+
+
 def main() -> None:
     app()
+
+
+if __name__ == "__main__":
+    main()

@@ -3,6 +3,8 @@
 Images bucket:
     instances/{tenant}/{study}/{series}/{sop}.dcm      one object per SOP instance
     manifests/{tenant}/{study}/{request_id}.json        one per STOW request that stored something new
+    work/{tenant}/{study}/{sop}.npy | .hdr.dcm            model-ready tensor and pixel-free header
+    work/{tenant}/{study}/outputs/{request_id}.npz        raw model outputs of one pipeline execution
 Results bucket:
     results/{tenant}/{study}/result.json | report.sr.dcm | mask.seg.dcm
 """
@@ -56,3 +58,22 @@ def parse_manifest_key(key: str) -> tuple[str, str, str]:
 def result_key(tenant: str, study: str, name: str) -> str:
     _check(tenant, study)
     return f"results/{tenant}/{study}/{name}"
+
+
+def tensor_key(tenant: str, study: str, sop: str) -> str:
+    _check(tenant, study, sop)
+    return f"work/{tenant}/{study}/{sop}.npy"
+
+
+def header_key(tenant: str, study: str, sop: str) -> str:
+    _check(tenant, study, sop)
+    return f"work/{tenant}/{study}/{sop}.hdr.dcm"
+
+
+def outputs_prefix(tenant: str, study: str) -> str:
+    _check(tenant, study)
+    return f"work/{tenant}/{study}/outputs/"
+
+
+def outputs_key(tenant: str, study: str, request_id: str) -> str:
+    return f"{outputs_prefix(tenant, study)}{request_id}.npz"

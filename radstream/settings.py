@@ -54,6 +54,14 @@ class Settings(BaseSettings):
     triton_grpc_url: str = "127.0.0.1:8001"
     triton_http_port: int = 8000
     triton_metrics_port: int = 8002
+    triton_request_timeout_s: float = 30.0
+    triton_readiness_timeout_s: float = 60.0
+    batcher_max_wait_s: float = 0.002
+    batcher_max_in_flight: int = 2
+    worker_max_messages: int = 32
+    worker_poll_wait_s: int = Field(2, ge=0, le=20)
+    worker_visibility_timeout_s: int = 60
+    worker_max_attempts: int = Field(3, description="receives of one message before the study fails")
     model_repository: Path = PROJECT_ROOT / "triton" / "models"
     state_dir: Path = PROJECT_ROOT / ".radstream"
 

@@ -33,6 +33,7 @@ from radstream.dicom import (
     starts_with_file_meta,
 )
 from radstream.errors import BadRequest, PayloadTooLarge, StorageUnavailable, UnsupportedMediaType
+from radstream.manifest import Manifest, ManifestInstance
 from radstream.settings import Settings
 from radstream.status import StatusStore, utcnow
 from radstream.storage import ObjectStore, PutOutcome, StorageError
@@ -307,26 +308,26 @@ class StowService:
 
 
 def _manifest(tenant: str, study: str, request_id: str, instances: list[StoredInstance]) -> dict[str, object]:
-    return {
-        "schema_version": 1,
-        "request_id": request_id,
-        "tenant": tenant,
-        "study_instance_uid": study,
-        "received_at": utcnow().isoformat(),
-        "instances": [
-            {
-                "key": i.key,
-                "sop_class_uid": i.header.sop_class_uid,
-                "sop_instance_uid": i.header.sop_instance_uid,
-                "series_instance_uid": i.header.series_instance_uid,
-                "transfer_syntax_uid": i.header.transfer_syntax_uid,
-                "modality": i.header.modality,
-                "size": i.size,
-                "sha256": i.sha256,
-            }
+    manifest = Manifest(
+        request_id=request_id,
+        tenant=tenant,
+        study_instance_uid=study,
+        received_at=utcnow(),
+        instances=[
+            ManifestInstance(
+                key=i.key,
+                sop_class_uid=i.header.sop_class_uid,
+                sop_instance_uid=i.header.sop_instance_uid,
+                series_instance_uid=i.header.series_instance_uid,
+                transfer_syntax_uid=i.header.transfer_syntax_uid,
+                modality=i.header.modality,
+                size=i.size,
+                sha256=i.sha256,
+            )
             for i in instances
         ],
-    }
+    )
+    return manifest.model_dump(mode="json")
 
 
 def warning_items(header: InstanceHeader) -> list[WarningReason]:

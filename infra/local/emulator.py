@@ -9,7 +9,7 @@ import urllib.request
 from urllib.parse import urlsplit
 
 from infra.local.processes import ProcessSpec
-from radstream.settings import Settings
+from radstream.settings import Settings, settings_env
 
 # Objects above this many bytes are spooled to disk by moto instead of being held in RAM.
 S3_KEY_BUFFER_BYTES = 1024 * 1024
@@ -36,8 +36,8 @@ def emulator_process_spec(settings: Settings) -> ProcessSpec:
     }
     return ProcessSpec(
         name="aws-emulator",
-        argv=[sys.executable, "-m", "moto.server", "-H", host, "-p", str(port)],
-        env={**os.environ, **env},
+        argv=[sys.executable, "-m", "infra.local.moto_gaps", "--host", host, "--port", str(port)],
+        env={**os.environ, **settings_env(settings), **env},
         ready=lambda: http_ok(f"{settings.aws_endpoint_url}/moto-api/data.json"),
         ready_timeout_s=30.0,
         log_path=settings.state_dir / "logs" / "aws-emulator.log",

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
+import zipfile
 from typing import Any
 
 from botocore.exceptions import ClientError
@@ -76,6 +78,128 @@ async def _stream(kinesis: Any, name: str) -> None:
             raise
 
 
+LOCAL_ROLE = "radstream-local"
+_TRUST = {
+    "Version": "2012-10-17",
+    "Statement": [
+        {
+            "Effect": "Allow",
+            "Principal": {"Service": ["lambda.amazonaws.com", "states.amazonaws.com", "events.amazonaws.com"]},
+            "Action": "sts:AssumeRole",
+        }
+    ],
+}
+
+
+def _code_zip() -> bytes:
+    """Lambda needs a package; the emulator runs the handler from this checkout (see moto_gaps.py)."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("README.txt", "handlers run in-process from the radstream package")
+    return buf.getvalue()
+
+
+async def _role(iam: Any) -> str:
+    try:
+        role = await iam.create_role(RoleName=LOCAL_ROLE, AssumeRolePolicyDocument=json.dumps(_TRUST))
+    except ClientError as exc:
+        if not _exists_ok(exc, "EntityAlreadyExists"):
+            raise
+        role = await iam.get_role(RoleName=LOCAL_ROLE)
+    arn: str = role["Role"]["Arn"]
+    return arn
+
+
+async def _function(lam: Any, name: str, handler: str, role: str) -> str:
+    try:
+        fn = await lam.create_function(
+            FunctionName=name,
+            Runtime="python3.11",
+            Role=role,
+            Handler=handler,
+            Code={"ZipFile": _code_zip()},
+            Timeout=300,
+            MemorySize=1024,
+        )
+    except ClientError as exc:
+        if not _exists_ok(exc, "ResourceConflictException"):
+            raise
+        fn = (await lam.get_function(FunctionName=name))["Configuration"]
+    arn: str = fn["FunctionArn"]
+    return arn
+
+
+async def _state_machine(sfn: Any, name: str, definition: str, role: str) -> str:
+    for machine in (await sfn.list_state_machines())["stateMachines"]:
+        if machine["name"] == name:
+            arn: str = machine["stateMachineArn"]
+            await sfn.update_state_machine(stateMachineArn=arn, definition=definition)
+            return arn
+    created = await sfn.create_state_machine(name=name, definition=definition, roleArn=role)
+    new_arn: str = created["stateMachineArn"]
+    return new_arn
+
+
+async def _pipeline(settings: Settings, names: ResourceNames, session: Any, kwargs: dict[str, Any]) -> None:
+    async with (
+        session.client("iam", **kwargs) as iam,
+        session.client("lambda", **kwargs) as lam,
+        session.client("stepfunctions", **kwargs) as sfn,
+        session.client("events", **kwargs) as events,
+        session.client("sqs", **kwargs) as sqs,
+        session.client("kinesis", **kwargs) as kinesis,
+        session.client("firehose", **kwargs) as firehose,
+    ):
+        role = await _role(iam)
+        arns: dict[str, str] = {}
+        for suffix, (handler, substitution) in resources.LAMBDA_FUNCTIONS.items():
+            arn = await _function(lam, names.function_name(suffix), handler, role)
+            if substitution is not None:
+                arns[substitution] = arn
+        queue_url = (await sqs.get_queue_url(QueueName=names.inference_queue))["QueueUrl"]
+        definition = resources.state_machine_definition({**arns, "InferenceQueueUrl": queue_url})
+        await _state_machine(sfn, names.state_machine, definition, role)
+
+        rule = f"{names.state_machine}-manifests"
+        await events.put_rule(
+            Name=rule, EventPattern=json.dumps(resources.manifest_event_pattern(names.images_bucket)), State="ENABLED"
+        )
+        dlq_arn = await _queue_arn(sqs, (await sqs.get_queue_url(QueueName=names.trigger_dlq))["QueueUrl"])
+        starter = (await lam.get_function(FunctionName=names.function_name("start-pipeline")))["Configuration"]
+        await events.put_targets(
+            Rule=rule,
+            Targets=[
+                {
+                    "Id": "start-pipeline",
+                    "Arn": starter["FunctionArn"],
+                    "InputTransformer": {
+                        "InputPathsMap": resources.MANIFEST_INPUT_PATHS,
+                        "InputTemplate": resources.MANIFEST_INPUT_TEMPLATE,
+                    },
+                    "DeadLetterConfig": {"Arn": dlq_arn},
+                    "RetryPolicy": {"MaximumRetryAttempts": 2, "MaximumEventAgeInSeconds": 3600},
+                }
+            ],
+        )
+        stream_arn = (await kinesis.describe_stream_summary(StreamName=names.telemetry_stream))[
+            "StreamDescriptionSummary"
+        ]["StreamARN"]
+        existing = (await firehose.list_delivery_streams())["DeliveryStreamNames"]
+        if names.firehose not in existing:
+            await firehose.create_delivery_stream(
+                DeliveryStreamName=names.firehose,
+                DeliveryStreamType="KinesisStreamAsSource",
+                KinesisStreamSourceConfiguration={"KinesisStreamARN": stream_arn, "RoleARN": role},
+                ExtendedS3DestinationConfiguration={
+                    "RoleARN": role,
+                    "BucketARN": f"arn:aws:s3:::{names.datalake_bucket}",
+                    "Prefix": resources.TELEMETRY_PREFIX,
+                    "ErrorOutputPrefix": resources.TELEMETRY_ERROR_PREFIX,
+                    "BufferingHints": {"IntervalInSeconds": 60, "SizeInMBs": 5},
+                },
+            )
+
+
 async def provision(settings: Settings) -> ResourceNames:
     """Create every resource the local stack uses; returns their names."""
     names = ResourceNames.from_settings(settings)
@@ -95,5 +219,6 @@ async def provision(settings: Settings) -> ResourceNames:
         await _queue(sqs, names.inference_queue, dlq_arn=await _queue_arn(sqs, dlq_url))
         await _queue(sqs, names.trigger_dlq)
         await _stream(kinesis, names.telemetry_stream)
+    await _pipeline(settings, names, session, kwargs)
     log.info("provisioned %s", names)
     return names

@@ -17,6 +17,7 @@ from infra.local.emulator import emulator_process_spec, http_ok
 from infra.local.processes import ProcessSpec
 from infra.local.provision import provision
 from infra.local.supervisor import StopFlag, Supervisor
+from infra.local.triton import triton_process_spec
 from radstream.settings import Settings, settings_env
 
 log = logging.getLogger("radstream.stack")
@@ -59,10 +60,16 @@ def gateway_process_spec(settings: Settings, env: dict[str, str]) -> ProcessSpec
     )
 
 
+def worker_process_spec(settings: Settings, env: dict[str, str]) -> ProcessSpec:
+    return ProcessSpec(name="worker", argv=[sys.executable, "-m", "radstream.cli", "worker"], env=env)
+
+
 def process_specs(settings: Settings, env: dict[str, str]) -> list[ProcessSpec]:
     """Every process after the emulator and provisioning, in start order."""
     return [
+        triton_process_spec(settings),
         gateway_process_spec(settings, env),
+        worker_process_spec(settings, env),
     ]
 
 

@@ -1,0 +1,244 @@
+"""The AWS emulator of the local stack: moto's server plus the few things moto 5.2 does not do.
+
+Run as ``python -m infra.local.moto_gaps --host H --port P``. Everything that differs from AWS lives here,
+and only here:
+
+1. Lambda: moto runs handler code only in Docker. Here ``Invoke`` imports the function's ``Handler``
+   (``worker.lambdas.validate_metadata``) and calls it in-process; an exception becomes a
+   ``FunctionError`` payload with ``errorType`` = the exception's class name, as the Lambda runtime does,
+   so Step Functions' Retry/Catch match our typed errors exactly as on AWS.
+2. EventBridge: moto does not deliver to Lambda targets, and applies no input transformer to S3 events.
+   Here matching rules deliver to Lambda targets asynchronously with the InputTransformer applied,
+   retry twice, then send the event to the target's dead-letter queue.
+3. Firehose: moto writes nothing for a Kinesis-sourced delivery stream. Here a pump reads the source
+   stream and writes objects with the stream's S3 prefix (``!{timestamp:...}`` expanded), buffering for
+   ``PUMP_INTERVAL_S`` instead of AWS's 60 s minimum.
+4. Step Functions execution is switched on (``execute_state_machine``).
+
+What only real AWS can show: Lambda cold starts, memory limits and IAM enforcement; EventBridge's
+delivery latency; Firehose's real buffering; Athena (``radstream stats`` runs the same SQL on DuckDB).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import importlib
+import json
+import logging
+import signal
+import threading
+import time
+import traceback
+from datetime import UTC, datetime
+from typing import Any
+
+import boto3
+import moto
+
+log = logging.getLogger("radstream.emulator")
+
+MOTO_VERSION = "5.2.5"  # the gaps above were checked against this version
+PUMP_INTERVAL_S = 1.0
+EVENT_DELIVERY_ATTEMPTS = 3
+
+
+def _check_version() -> None:
+    if moto.__version__ != MOTO_VERSION:
+        raise RuntimeError(f"infra/local/moto_gaps.py targets moto {MOTO_VERSION}, found {moto.__version__}")
+
+
+# --------------------------------------------------------------------------------------------- Lambda
+def _invoke_in_process(self: Any, event: Any = None) -> tuple[str, bool, str]:
+    module_name, _, function_name = str(self.handler).rpartition(".")
+    if isinstance(event, (str, bytes)):
+        event = json.loads(event or "{}")
+    try:
+        handler = getattr(importlib.import_module(module_name), function_name)
+        result = handler(event if event is not None else {}, None)
+        return json.dumps(result), False, ""
+    except Exception as exc:
+        payload = {
+            "errorMessage": str(exc)[:1000],
+            "errorType": type(exc).__name__,
+            "stackTrace": traceback.format_tb(exc.__traceback__)[-5:],
+        }
+        log.warning("lambda %s raised %s: %s", self.function_name, type(exc).__name__, str(exc)[:300])
+        return json.dumps(payload), True, traceback.format_exc()
+
+
+# ------------------------------------------------------------------------------------------ EventBridge
+def _transform(target: dict[str, Any], event: dict[str, Any]) -> dict[str, Any]:
+    from moto.events.utils import EventTemplateParser
+
+    transformer = target.get("InputTransformer")
+    if transformer:
+        event = {"ingestion-time": datetime.now(UTC).isoformat(), **event}
+        result: dict[str, Any] = EventTemplateParser.parse(
+            input_template=transformer.get("InputTemplate"),
+            input_paths_map=transformer.get("InputPathsMap", {}),
+            event=event,  # type: ignore[arg-type]
+        )
+        return result
+    if "Input" in target:
+        constant: dict[str, Any] = json.loads(target["Input"])
+        return constant
+    return event
+
+
+def _deliver_to_lambda(rule: Any, target: dict[str, Any], event: dict[str, Any]) -> None:
+    from moto.awslambda.models import lambda_backends
+    from moto.sqs.models import sqs_backends
+    from moto.utilities.arns import parse_arn
+
+    arn = parse_arn(target["Arn"])
+    body = json.dumps(event)
+    for attempt in range(EVENT_DELIVERY_ATTEMPTS):
+        response_headers: dict[str, str] = {}
+        try:
+            lambda_backends[arn.account][arn.region].invoke(
+                target["Arn"], None, body, {"x-amz-invocation-type": "Event"}, response_headers
+            )
+            if "x-amz-function-error" not in response_headers:
+                return
+        except Exception as exc:
+            log.warning("event delivery to %s failed: %s", target["Arn"], exc)
+        time.sleep(0.2 * 2**attempt)
+    dlq = target.get("DeadLetterConfig", {}).get("Arn")
+    if dlq:
+        queue = parse_arn(dlq)
+        sqs_backends[queue.account][queue.region].send_message(queue.resource_id, body)
+        log.error("event for rule %s sent to dead-letter queue %s", rule.name, queue.resource_id)
+
+
+def _patch_events() -> None:
+    from moto.events.models import Rule
+    from moto.utilities.arns import parse_arn
+
+    original = Rule.send_to_targets
+
+    def send_to_targets(self: Any, original_event: dict[str, Any], transform_input: bool = True) -> None:
+        if not self.event_pattern.matches_event(original_event):
+            return
+        lambdas = [t for t in self.targets if parse_arn(t["Arn"]).service == "lambda"]
+        for target in lambdas:
+            try:
+                event = _transform(target, original_event)
+            except Exception as exc:
+                log.error("input transformer of rule %s failed: %s", self.name, exc)
+                continue
+            threading.Thread(target=_deliver_to_lambda, args=(self, target, event), daemon=True).start()
+        others = [t for t in self.targets if t not in lambdas]
+        if others:
+            rest = copy.copy(self)
+            rest.targets = others
+            original(rest, original_event, transform_input)  # type: ignore[arg-type]
+
+    Rule.send_to_targets = send_to_targets  # type: ignore[method-assign,assignment]
+
+
+# --------------------------------------------------------------------------------------------- Firehose
+def _expand_prefix(prefix: str, now: datetime) -> str:
+    for token, fmt in (("yyyy", "%Y"), ("MM", "%m"), ("dd", "%d"), ("HH", "%H")):
+        prefix = prefix.replace(f"!{{timestamp:{token}}}", now.strftime(fmt))
+    return prefix
+
+
+class FirehosePump:
+    """Delivers Kinesis-sourced Firehose streams to S3, as the real service would."""
+
+    def __init__(self, endpoint: str, region: str) -> None:
+        kwargs: dict[str, Any] = {
+            "endpoint_url": endpoint,
+            "region_name": region,
+            "aws_access_key_id": "radstream",
+            "aws_secret_access_key": "radstream",
+        }
+        self.firehose = boto3.client("firehose", **kwargs)
+        self.kinesis = boto3.client("kinesis", **kwargs)
+        self.s3 = boto3.client("s3", **kwargs)
+        self._iterators: dict[tuple[str, str], str] = {}
+        self._sequence = 0
+
+    def pump_once(self) -> int:
+        written = 0
+        for name in self.firehose.list_delivery_streams(DeliveryStreamType="KinesisStreamAsSource")[
+            "DeliveryStreamNames"
+        ]:
+            desc = self.firehose.describe_delivery_stream(DeliveryStreamName=name)["DeliveryStreamDescription"]
+            source = desc["Source"]["KinesisStreamSourceDescription"]["KinesisStreamARN"]
+            dest = desc["Destinations"][0].get("ExtendedS3DestinationDescription") or desc["Destinations"][0].get(
+                "S3DestinationDescription"
+            )
+            records = self._read(source.split("/")[-1])
+            if records:
+                now = datetime.now(UTC)
+                self._sequence += 1
+                key = (
+                    f"{_expand_prefix(dest.get('Prefix', ''), now)}{name}-{now:%Y-%m-%d-%H-%M-%S}-{self._sequence:08d}"
+                )
+                self.s3.put_object(Bucket=dest["BucketARN"].split(":::")[-1], Key=key, Body=b"".join(records))
+                written += len(records)
+        return written
+
+    def _read(self, stream: str) -> list[bytes]:
+        records: list[bytes] = []
+        for shard in self.kinesis.list_shards(StreamName=stream)["Shards"]:
+            handle = (stream, shard["ShardId"])
+            iterator = (
+                self._iterators.get(handle)
+                or self.kinesis.get_shard_iterator(
+                    StreamName=stream, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON"
+                )["ShardIterator"]
+            )
+            while True:
+                page = self.kinesis.get_records(ShardIterator=iterator, Limit=1000)
+                records.extend(r["Data"] for r in page["Records"])
+                iterator = page["NextShardIterator"]
+                if not page["Records"]:
+                    break
+            self._iterators[handle] = iterator
+        return records
+
+
+# ------------------------------------------------------------------------------------------------- main
+def install() -> None:
+    _check_version()
+    from moto.awslambda.models import LambdaFunction
+
+    LambdaFunction._invoke_lambda = _invoke_in_process  # type: ignore[method-assign]
+    from moto.core.config import default_user_config
+
+    default_user_config["stepfunctions"] = {"execute_state_machine": True}
+    _patch_events()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=4566)
+    parser.add_argument("--region", default="us-east-1")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    install()
+    from moto.moto_server.threaded_moto_server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address=args.host, port=args.port, verbose=False)
+    server.start()
+    endpoint = f"http://{args.host}:{args.port}"
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    pump = FirehosePump(endpoint, args.region)
+    log.info("AWS emulator (moto %s + local gaps) on %s", moto.__version__, endpoint)
+    while not stop.wait(PUMP_INTERVAL_S):
+        try:
+            pump.pump_once()
+        except Exception as exc:
+            log.warning("firehose pump: %s", exc)
+    server.stop()
+
+
+if __name__ == "__main__":
+    main()

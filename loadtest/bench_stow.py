@@ -1,0 +1,564 @@
+"""STOW-RS ingest throughput: raw S3 PutObject vs the RadStream gateway vs Orthanc, in one run.
+
+One synthetic CT study (200 slices, 512x512, 16-bit; 40 with ``--quick``) is generated before any clock
+starts and stored three ways, each by 4 concurrent clients:
+
+* **raw PutObject**: aioboto3 ``put_object`` of each instance's bytes to the moto emulator, with the
+  arguments the gateway uses (SSE AES256, ``If-None-Match: *``, SHA-256 metadata): the floor under the
+  gateway, which does that plus multipart parsing, hashing, header parsing and the manifest;
+* **RadStream STOW-RS**: ``POST /dicomweb/studies/{study}`` to a gateway process started like the tests
+  start it (moto server, provisioning, uvicorn on free loopback ports), 10 instances per request;
+* **Orthanc** (Debian ``orthanc`` + ``orthanc-dicomweb``), the same bodies to ``/dicom-web/studies/{study}``.
+  Orthanc 1.10 cannot bind to loopback only, so it runs in a network namespace with nothing but ``lo``,
+  and its client runs in the same namespace: this module re-invokes itself with ``--orthanc-client``.
+
+Every measurement is repeated (3 times, once with ``--quick``), each time with fresh UIDs; the median
+run is reported. CPU seconds of each server process are read from ``/proc`` around the timed section.
+
+Run (as root, for ``ip netns``)::
+
+    .venv/bin/python -m loadtest.bench_stow [--quick] [--out stow.json] [--profile-gateway gateway.prof]
+
+``run(quick)`` returns the figures as a dict. ``--profile-gateway`` runs the gateway under cProfile
+(this slows it down; the throughput of such a run is not comparable).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
+
+from infra.local.emulator import emulator_process_spec
+from infra.local.provision import provision
+from infra.local.stack import child_env, gateway_process_spec
+from infra.local.supervisor import Supervisor
+from radstream import aws
+from radstream.settings import PROJECT_ROOT, Settings
+from radstream.synthetic import StudyUids, ct_slice, to_bytes
+
+STUDY_INSTANCES = 200
+QUICK_INSTANCES = 40
+BATCH_INSTANCES = 10
+CONCURRENCY = 4
+REPEATS = 3
+ROWS = COLS = 512
+REQUEST_TIMEOUT_S = 300.0
+ORTHANC_READY_TIMEOUT_S = 60.0
+ORTHANC_CLIENT_TIMEOUT_S = 600.0
+NETNS = "rsbench"
+BENCH_TENANT = "bench"
+ORTHANC_PLUGIN_CANDIDATES = (
+    Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so"),
+    Path("/usr/lib/orthanc/libOrthancDicomWeb.so.1.7"),
+)
+MB = 1_000_000
+
+
+# --- the study, generated before timing ---------------------------------------------------------------
+
+
+class StudyMaker:
+    """Pixel data is made once; :meth:`fresh` returns the same slices under new study/series/SOP UIDs."""
+
+    def __init__(self, count: int) -> None:
+        uids = StudyUids.new()
+        frame = generate_uid()
+        self._slices: list[Dataset] = [
+            ct_slice(uids, i, rows=ROWS, cols=COLS, frame_of_reference=frame) for i in range(count)
+        ]
+
+    def fresh(self) -> tuple[str, list[bytes]]:
+        uids = StudyUids.new()
+        out: list[bytes] = []
+        for ds in self._slices:
+            ds.StudyInstanceUID = uids.study
+            ds.SeriesInstanceUID = uids.series
+            ds.SOPInstanceUID = generate_uid()
+            ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+            out.append(to_bytes(ds))
+        return uids.study, out
+
+
+@dataclasses.dataclass(frozen=True)
+class Body:
+    study: str
+    content: bytes
+    instances: int
+    dicom_bytes: int
+    boundary: str
+
+
+def multipart_bodies(study: str, parts: list[bytes], batch: int = BATCH_INSTANCES) -> list[Body]:
+    bodies: list[Body] = []
+    for i in range(0, len(parts), batch):
+        chunk = parts[i : i + batch]
+        boundary = uuid.uuid4().hex
+        head = f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
+        pieces = [piece for part in chunk for piece in (head, part, b"\r\n")]
+        content = b"".join(pieces) + f"--{boundary}--\r\n".encode()
+        bodies.append(Body(study, content, len(chunk), sum(map(len, chunk)), boundary))
+    return bodies
+
+
+# --- measurements -------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Measurement:
+    instances: int
+    dicom_bytes: int
+    seconds: float
+    requests: int
+    failed_instances: int
+    client_cpu_s: float
+    server_cpu_s: dict[str, float]
+    other_cpu_s: float  # CPU used meanwhile by processes that are not part of the measurement
+
+    @property
+    def instances_per_s(self) -> float:
+        return self.instances / self.seconds
+
+    @property
+    def mb_per_s(self) -> float:
+        return self.dicom_bytes / MB / self.seconds
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "instances_per_s": self.instances_per_s, "mb_per_s": self.mb_per_s}
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process (all its threads) from /proc; 0.0 when unreadable."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def busy_cpu_seconds() -> float:
+    """CPU seconds spent by the whole machine (all CPUs, everything but idle and iowait) since boot."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+
+
+class Clock:
+    """Wall time, this process's CPU time, the CPU time of named server processes and of everything else."""
+
+    def __init__(self, servers: dict[str, int]) -> None:
+        self._servers = servers
+
+    def __enter__(self) -> Clock:
+        self._cpu0 = {name: cpu_seconds(pid) for name, pid in self._servers.items()}
+        self._proc0 = time.process_time()
+        self._busy0 = busy_cpu_seconds()
+        self._t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.seconds = time.perf_counter() - self._t0
+        self.client_cpu_s = time.process_time() - self._proc0
+        self.server_cpu_s = {name: cpu_seconds(pid) - self._cpu0[name] for name, pid in self._servers.items()}
+        ours = self.client_cpu_s + sum(self.server_cpu_s.values())
+        self.other_cpu_s = max(0.0, busy_cpu_seconds() - self._busy0 - ours)
+
+
+def _stored_count(response: httpx.Response) -> tuple[int, int]:
+    """(stored, failed) from a Store Instances Response; (0, 0) when the body is not DICOM JSON."""
+    if not response.headers.get("content-type", "").startswith(("application/dicom+json", "application/json")):
+        return 0, 0
+    body = response.json()
+    stored = body.get("00081199", {}).get("Value", []) or []
+    failed = body.get("00081198", {}).get("Value", []) or []
+    return len(stored), len(failed)
+
+
+async def stow(base_url: str, headers: dict[str, str], bodies: list[Body], servers: dict[str, int]) -> Measurement:
+    """POST every body to ``{base_url}/studies/{study}``, ``CONCURRENCY`` requests at a time."""
+    queue = list(reversed(bodies))
+    failed = 0
+    limits = httpx.Limits(max_connections=CONCURRENCY, max_keepalive_connections=CONCURRENCY)
+    async with httpx.AsyncClient(timeout=httpx.Timeout(REQUEST_TIMEOUT_S, connect=10.0), limits=limits) as http:
+
+        async def post(body: Body) -> None:
+            nonlocal failed
+            response = await http.post(
+                f"{base_url}/studies/{body.study}",
+                content=body.content,
+                headers={
+                    **headers,
+                    "Accept": "application/dicom+json",
+                    "Content-Type": f'multipart/related; type="application/dicom"; boundary={body.boundary}',
+                },
+            )
+            stored, _ = _stored_count(response)
+            if response.status_code != 200 or stored != body.instances:
+                failed += body.instances - stored
+                print(f"  STOW {response.status_code}: {stored}/{body.instances} stored {response.text[:200]}")
+
+        async def worker() -> None:
+            while queue:
+                await post(queue.pop())
+
+        with Clock(servers) as clock:
+            await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
+    return Measurement(
+        instances=sum(b.instances for b in bodies),
+        dicom_bytes=sum(b.dicom_bytes for b in bodies),
+        seconds=clock.seconds,
+        requests=len(bodies),
+        failed_instances=failed,
+        client_cpu_s=clock.client_cpu_s,
+        server_cpu_s=clock.server_cpu_s,
+        other_cpu_s=clock.other_cpu_s,
+    )
+
+
+async def raw_puts(settings: Settings, parts: list[bytes], servers: dict[str, int]) -> Measurement:
+    """aioboto3 PutObject of ``parts`` with the gateway's arguments, ``CONCURRENCY`` at a time."""
+    prefix = f"bench-raw/{uuid.uuid4().hex}"
+    objects = [(f"{prefix}/{i}.dcm", data, hashlib.sha256(data).hexdigest()) for i, data in enumerate(parts)]
+    queue = list(reversed(objects))
+    session = aws.session(settings)
+    async with session.client("s3", **aws.client_kwargs(settings)) as s3:
+
+        async def put(key: str, data: bytes, sha256: str) -> None:
+            await s3.put_object(
+                Bucket=settings.images_bucket,
+                Key=key,
+                Body=data,
+                ContentLength=len(data),
+                ContentType="application/dicom",
+                Metadata={"sha256": sha256},
+                IfNoneMatch="*",
+                ServerSideEncryption="AES256",
+            )
+
+        async def worker() -> None:
+            while queue:
+                await put(*queue.pop())
+
+        await put(f"{prefix}/warm-up.dcm", parts[0], objects[0][2])
+        with Clock(servers) as clock:
+            await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
+    return Measurement(
+        instances=len(parts),
+        dicom_bytes=sum(map(len, parts)),
+        seconds=clock.seconds,
+        requests=len(parts),
+        failed_instances=0,
+        client_cpu_s=clock.client_cpu_s,
+        server_cpu_s=clock.server_cpu_s,
+        other_cpu_s=clock.other_cpu_s,
+    )
+
+
+def median_run(runs: list[Measurement]) -> dict[str, Any]:
+    best = sorted(runs, key=lambda m: m.seconds)[len(runs) // 2]
+    return {**best.as_dict(), "runs_instances_per_s": [m.instances_per_s for m in runs]}
+
+
+# --- RadStream: moto + gateway, started like tests/conftest.py ----------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+# uvicorn re-raises SIGTERM after its graceful shutdown, which would kill `python -m cProfile` before it
+# writes anything; this runner turns SIGTERM into SystemExit and dumps the profile on the way out.
+_PROFILE_RUNNER = """
+import cProfile, signal, sys
+def _exit(signum, frame):
+    raise SystemExit(0)
+signal.signal(signal.SIGTERM, _exit)
+out, sys.argv = sys.argv[1], ["uvicorn", *sys.argv[2:]]
+import uvicorn.main
+profile = cProfile.Profile()
+profile.enable()
+try:
+    uvicorn.main.main()
+finally:
+    profile.disable()
+    profile.dump_stats(out)
+"""
+
+
+def profiled_argv(argv: list[str], profile_path: Path) -> list[str]:
+    """``python -m uvicorn ARGS`` -> the same server under cProfile (main thread only)."""
+    if argv[1:3] != ["-m", "uvicorn"]:
+        raise ValueError(f"expected a `python -m uvicorn` command line, got {argv[:3]}")
+    return [argv[0], "-c", _PROFILE_RUNNER, str(profile_path), *argv[3:]]
+
+
+@contextmanager
+def radstream_stack(state_dir: Path, profile_path: Path | None) -> Iterator[tuple[Settings, str, int, int]]:
+    """(settings, API key, moto PID, gateway PID); every process stopped (by PID) on exit."""
+    key = secrets.token_urlsafe(32)
+    settings = Settings(
+        aws_endpoint_url=f"http://127.0.0.1:{free_port()}",
+        api_keys=f"{BENCH_TENANT}:{key}",
+        http_port=free_port(),
+        state_dir=state_dir,
+        api_key_file=state_dir / "api-key",
+    )
+    supervisor = Supervisor()
+    try:
+        moto = supervisor.start(emulator_process_spec(settings))
+        asyncio.run(provision(settings))
+        spec = gateway_process_spec(settings, child_env(settings, f"{BENCH_TENANT}:{key}"))
+        argv = spec.argv if profile_path is None else profiled_argv(spec.argv, profile_path)
+        spec = dataclasses.replace(spec, argv=argv, log_path=state_dir / "logs" / "gateway.log")
+        gateway = supervisor.start(spec)
+        yield settings, key, moto.pid, gateway.pid
+    finally:
+        supervisor.stop()
+
+
+def bench_radstream(maker: StudyMaker, repeats: int, profile_path: Path | None) -> dict[str, Any]:
+    with (
+        tempfile.TemporaryDirectory(prefix="radstream-bench-") as state,
+        radstream_stack(Path(state), profile_path) as (settings, key, moto_pid, gateway_pid),
+    ):
+        base = f"{settings.base_url}/dicomweb"
+        auth = {"Authorization": f"Bearer {key}"}
+        servers = {"moto": moto_pid, "gateway": gateway_pid}
+        warm_study, warm_parts = maker.fresh()
+        asyncio.run(stow(base, auth, multipart_bodies(warm_study, warm_parts[:BATCH_INSTANCES]), {}))
+        raw: list[Measurement] = []
+        gateway: list[Measurement] = []
+        for _ in range(repeats):  # interleaved, so drift hits both alike
+            raw.append(asyncio.run(raw_puts(settings, maker.fresh()[1], {"moto": moto_pid})))
+            study, parts = maker.fresh()
+            gateway.append(asyncio.run(stow(base, auth, multipart_bodies(study, parts), servers)))
+    return {"raw_put": median_run(raw), "radstream": median_run(gateway)}
+
+
+# --- Orthanc in a loopback-only network namespace -----------------------------------------------------
+
+
+class OrthancUnavailable(RuntimeError):
+    pass
+
+
+def orthanc_config(work: Path, http_port: int, plugin: Path) -> dict[str, Any]:
+    return {
+        "Name": "rsbench",
+        "StorageDirectory": str(work / "storage"),
+        "IndexDirectory": str(work / "index"),  # SQLite index on disk: Orthanc's default
+        "StorageCompression": False,
+        "HttpPort": http_port,
+        "DicomPort": free_port(),
+        "RemoteAccessAllowed": False,
+        "AuthenticationEnabled": False,
+        "Plugins": [str(plugin)],
+        "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
+    }
+
+
+def _netns(*argv: str) -> None:
+    subprocess.run(["ip", "netns", *argv], check=True, capture_output=True, timeout=30)
+
+
+@contextmanager
+def orthanc_process(work: Path) -> Iterator[tuple[int, int, dict[str, Any]]]:
+    """Orthanc in namespace ``NETNS``: (PID, HTTP port, notes); stopped by PID, namespace removed, on exit."""
+    binary = shutil.which("Orthanc") or ("/usr/sbin/Orthanc" if Path("/usr/sbin/Orthanc").exists() else None)
+    plugin = next((p for p in ORTHANC_PLUGIN_CANDIDATES if p.exists()), None)
+    if binary is None or plugin is None:
+        raise OrthancUnavailable(
+            "Orthanc or its DICOMweb plugin is not installed (apt-get install orthanc orthanc-dicomweb)"
+        )
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        raise OrthancUnavailable("creating a network namespace needs root and iproute2")
+    port = 8042
+    config = orthanc_config(work, port, plugin)
+    (work / "orthanc.json").write_text(json.dumps(config, indent=2))
+    version = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=10).stdout.split("\n")[0]
+    try:
+        _netns("add", NETNS)
+    except subprocess.CalledProcessError as exc:
+        raise OrthancUnavailable(f"ip netns add failed: {exc.stderr.decode().strip()}") from exc
+    process: subprocess.Popen[bytes] | None = None
+    try:
+        _netns("exec", NETNS, "ip", "link", "set", "lo", "up")
+        with (work / "orthanc.log").open("wb") as log:
+            # `ip netns exec` execs the command in place, so the PID is Orthanc's own.
+            process = subprocess.Popen(
+                ["ip", "netns", "exec", NETNS, binary, str(work / "orthanc.json")], stdout=log, stderr=log
+            )
+        notes = {
+            "version": version.strip(),
+            "plugin": str(plugin),
+            "index": "SQLite on disk (IndexDirectory in a temporary directory); files on disk, uncompressed",
+            "config": {k: v for k, v in config.items() if k not in ("StorageDirectory", "IndexDirectory")},
+        }
+        yield process.pid, port, notes
+    finally:
+        if process is not None and process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        _netns("delete", NETNS)
+
+
+def bench_orthanc(count: int, repeats: int) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="radstream-bench-orthanc-") as tmp:
+        work = Path(tmp)
+        with orthanc_process(work) as (pid, port, notes):
+            out = work / "client.json"
+            argv = ["ip", "netns", "exec", NETNS, sys.executable, "-m", "loadtest.bench_stow", "--orthanc-client"]
+            argv += [f"--url=http://127.0.0.1:{port}/dicom-web", f"--server-pid={pid}", f"--instances={count}"]
+            argv += [f"--repeats={repeats}", f"--out={out}"]
+            done = subprocess.run(
+                argv, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=ORTHANC_CLIENT_TIMEOUT_S
+            )
+            if done.returncode != 0 or not out.exists():
+                log_tail = (work / "orthanc.log").read_text(errors="replace")[-1500:]
+                raise OrthancUnavailable(f"Orthanc client failed: {done.stderr[-1500:]}\nOrthanc log: {log_tail}")
+            return {**json.loads(out.read_text()), "notes": notes}
+
+
+async def _wait_http(url: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    async with httpx.AsyncClient(timeout=2.0) as http:
+        while True:
+            try:
+                if (await http.get(url)).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise OrthancUnavailable(f"{url} did not answer within {timeout_s:.0f} s")
+            await asyncio.sleep(0.2)
+
+
+def orthanc_client(url: str, server_pid: int, count: int, repeats: int) -> dict[str, Any]:
+    """The Orthanc side, run inside the namespace: the same study, bodies and concurrency as for RadStream."""
+    maker = StudyMaker(count)
+    asyncio.run(_wait_http(url.rsplit("/dicom-web", 1)[0] + "/system", ORTHANC_READY_TIMEOUT_S))
+    warm_study, warm_parts = maker.fresh()
+    asyncio.run(stow(url, {}, multipart_bodies(warm_study, warm_parts[:BATCH_INSTANCES]), {}))
+    runs = []
+    for _ in range(repeats):
+        study, parts = maker.fresh()
+        runs.append(asyncio.run(stow(url, {}, multipart_bodies(study, parts), {"orthanc": server_pid})))
+    return median_run(runs)
+
+
+# --- the whole benchmark ------------------------------------------------------------------------------
+
+
+def run(quick: bool = False, profile_gateway: Path | None = None) -> dict[str, Any]:
+    """Measure raw PutObject, RadStream STOW-RS and Orthanc STOW-RS once each (median of repeats)."""
+    count = QUICK_INSTANCES if quick else STUDY_INSTANCES
+    repeats = 1 if quick else REPEATS
+    maker = StudyMaker(count)
+    result: dict[str, Any] = {
+        "instances": count,
+        "instance_shape": f"CT {ROWS}x{COLS} 16-bit",
+        "batch_instances": BATCH_INSTANCES,
+        "concurrency": CONCURRENCY,
+        "repeats": repeats,
+        "cpus": os.cpu_count(),
+        "profiled": profile_gateway is not None,
+    }
+    result.update(bench_radstream(maker, repeats, profile_gateway))
+    try:
+        result["orthanc"] = bench_orthanc(count, repeats)
+    except (OrthancUnavailable, subprocess.SubprocessError, OSError) as exc:
+        result["orthanc"] = {"skipped": str(exc)}
+    result["efficiency_stow_vs_raw"] = result["radstream"]["instances_per_s"] / result["raw_put"]["instances_per_s"]
+    if "instances_per_s" in result["orthanc"]:
+        result["radstream_vs_orthanc"] = result["radstream"]["instances_per_s"] / result["orthanc"]["instances_per_s"]
+    return result
+
+
+def _cpu(m: dict[str, Any]) -> str:
+    return ", ".join(f"{name} {cpu / m['instances'] * 1e3:.1f}" for name, cpu in m["server_cpu_s"].items())
+
+
+def markdown(result: dict[str, Any]) -> str:
+    rows = [
+        f"{result['instances']} x {result['instance_shape']}, {result['concurrency']} concurrent clients, "
+        f"{result['batch_instances']} instances per STOW request, median of {result['repeats']}, "
+        f"{result['cpus']} CPUs shared by client and servers",
+        "",
+        "| path | instances/s | MB/s | server CPU ms/instance | client CPU ms/instance "
+        "| other processes' CPU s | failed |",
+        "|---|---:|---:|---|---:|---:|---:|",
+    ]
+    labels: list[tuple[str, str]] = [
+        ("raw_put", "raw aioboto3 PutObject -> moto"),
+        ("radstream", "RadStream STOW-RS -> gateway -> moto"),
+        ("orthanc", "Orthanc STOW-RS (DICOMweb plugin)"),
+    ]
+    for key, label in labels:
+        m = result[key]
+        if "skipped" in m:
+            rows.append(f"| {label} | skipped | | {m['skipped'].splitlines()[0][:200]} | | | |")
+            continue
+        rows.append(
+            f"| {label} | {m['instances_per_s']:.1f} | {m['mb_per_s']:.1f} | {_cpu(m)} "
+            f"| {m['client_cpu_s'] / m['instances'] * 1e3:.1f} | {m['other_cpu_s']:.2f} | {m['failed_instances']} |"
+        )
+    rows += [
+        "",
+        f"- gateway efficiency (STOW / raw PutObject): **{result['efficiency_stow_vs_raw']:.2f}** (target >= 0.9)",
+    ]
+    if "radstream_vs_orthanc" in result:
+        rows.append(f"- RadStream / Orthanc: **{result['radstream_vs_orthanc']:.2f}** (target >= 1.0)")
+        rows.append(f"- Orthanc: {result['orthanc']['notes']['version']}, {result['orthanc']['notes']['index']}")
+    if result["profiled"]:
+        rows.append("- the gateway ran under cProfile: its throughput here is not comparable")
+    return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help=f"{QUICK_INSTANCES} instances, one run per target")
+    parser.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
+    parser.add_argument("--profile-gateway", type=Path, default=None, help="write a cProfile of the gateway here")
+    parser.add_argument("--orthanc-client", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--url", help=argparse.SUPPRESS)
+    parser.add_argument("--server-pid", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--instances", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--repeats", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.orthanc_client:
+        figures = orthanc_client(args.url, args.server_pid, args.instances, args.repeats)
+        args.out.write_text(json.dumps(figures))
+        return
+    result = run(args.quick, args.profile_gateway)
+    print(markdown(result))
+    if args.out is not None:
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

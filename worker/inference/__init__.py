@@ -1,0 +1,1 @@
+"""The inference worker: model specs, Triton client adapter, preprocessing, batching."""

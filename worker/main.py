@@ -1,0 +1,68 @@
+"""``radstream worker``: build the clients, start one batcher per model, consume until SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from contextlib import AsyncExitStack
+
+from radstream import aws
+from radstream.settings import Settings
+from radstream.storage import ObjectStore
+from worker.consumer import InferenceWorker
+from worker.inference.batcher import Batcher
+from worker.inference.client import TritonClient
+from worker.inference.spec import load_specs
+from worker.telemetry import Telemetry
+
+log = logging.getLogger("radstream.worker")
+
+
+async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> int:
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    specs = {spec.name: spec for spec in load_specs(settings.model_repository)}
+    session = aws.session(settings)
+    kwargs = aws.client_kwargs(settings)
+    async with AsyncExitStack() as stack:
+        sqs = await stack.enter_async_context(session.client("sqs", **kwargs))
+        sfn = await stack.enter_async_context(session.client("stepfunctions", **kwargs))
+        s3 = await stack.enter_async_context(session.client("s3", **kwargs))
+        kinesis = await stack.enter_async_context(session.client("kinesis", **kwargs))
+        triton = await stack.enter_async_context(
+            TritonClient(
+                settings.triton_grpc_url,
+                inference_timeout_s=settings.triton_request_timeout_s,
+                readiness_timeout_s=settings.triton_readiness_timeout_s,
+            )
+        )
+        batchers = {
+            name: await stack.enter_async_context(
+                Batcher(
+                    triton,
+                    spec,
+                    max_wait_s=settings.batcher_max_wait_s,
+                    max_in_flight=settings.batcher_max_in_flight,
+                    request_timeout_s=settings.triton_request_timeout_s,
+                )
+            )
+            for name, spec in specs.items()
+        }
+        queue_url = (await sqs.get_queue_url(QueueName=settings.inference_queue))["QueueUrl"]
+        worker = InferenceWorker(
+            settings,
+            sqs=sqs,
+            sfn=sfn,
+            images=ObjectStore(s3, settings.images_bucket, kms_key_id=settings.kms_key_id),
+            telemetry=Telemetry(kinesis, settings.telemetry_stream),
+            batchers=batchers,
+            specs=specs,
+            queue_url=queue_url,
+        )
+        log.info("worker consuming %s for models %s", settings.inference_queue, ", ".join(specs))
+        await worker.run(stop)
+        log.info("worker stopped after %d studies", worker.completed)
+    return 0

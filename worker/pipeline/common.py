@@ -1,0 +1,44 @@
+"""Helpers shared by the stages: reading the manifest, timing, stage telemetry."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from pydantic import ValidationError
+
+from radstream import keys
+from radstream.errors import NotFound, StorageUnavailable
+from radstream.manifest import Manifest
+from worker.pipeline.context import StageContext
+from worker.pipeline.errors import ManifestInvalid, TransientError
+
+
+async def read_manifest(ctx: StageContext, key: str) -> Manifest:
+    try:
+        keys.parse_manifest_key(key)
+        raw = await ctx.images.get_bytes(key)
+        return Manifest.model_validate(json.loads(raw))
+    except NotFound:
+        raise
+    except StorageUnavailable as exc:
+        raise TransientError(exc.detail) from exc
+    except (ValueError, ValidationError) as exc:
+        raise ManifestInvalid(f"manifest {key} is not valid: {type(exc).__name__}") from exc
+
+
+@dataclass
+class Timer:
+    started: float
+
+    @property
+    def ms(self) -> float:
+        return (time.perf_counter() - self.started) * 1e3
+
+
+@contextmanager
+def timed() -> Iterator[Timer]:
+    yield Timer(time.perf_counter())

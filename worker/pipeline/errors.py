@@ -1,0 +1,31 @@
+"""Typed pipeline errors. Their class names are the Step Functions error names that Retry/Catch match."""
+
+from __future__ import annotations
+
+
+class PipelineError(Exception):
+    """A stage failed for a reason that retrying will not fix."""
+
+
+class TransientError(PipelineError):
+    """A stage failed for a reason that may pass (storage hiccup, object not visible yet): Retry."""
+
+
+class ManifestInvalid(PipelineError):
+    pass
+
+
+class InstanceMissing(TransientError):
+    """The manifest names an instance the object store does not (yet) return."""
+
+
+class DecodeFailed(PipelineError):
+    """Pixel data could not be decoded or preprocessed for the model."""
+
+
+class InferenceUnavailable(PipelineError):
+    """Triton stayed unavailable for the worker's whole retry budget."""
+
+
+class InferenceFailed(PipelineError):
+    """The model rejected the input or the server failed."""

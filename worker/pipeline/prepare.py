@@ -1,0 +1,80 @@
+"""PrepareTensors: decode pixels and write the model-ready tensor and a pixel-free header per instance."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from typing import Any
+
+import numpy as np
+import pydicom
+
+from radstream import keys
+from radstream.errors import NotFound, StorageUnavailable
+from worker.inference.preprocess import PreprocessError, prepare
+from worker.inference.spec import ModelSpec
+from worker.pipeline.common import read_manifest, timed
+from worker.pipeline.context import StageContext
+from worker.pipeline.errors import DecodeFailed, InstanceMissing, ManifestInvalid, TransientError
+from worker.pipeline.validate import specs_in
+from worker.telemetry import TelemetryEvent
+
+
+def _spec(ctx: StageContext, name: str) -> ModelSpec:
+    for spec in specs_in(ctx.settings.model_repository):
+        if spec.name == name:
+            return spec
+    raise ManifestInvalid(f"model {name!r} is not in the model repository")
+
+
+def _decode(data: bytes, spec: ModelSpec) -> tuple[bytes, bytes, tuple[int, int]]:
+    """(tensor .npy bytes, header-only DICOM bytes, source shape); CPU-bound, runs in a thread."""
+    ds = pydicom.dcmread(io.BytesIO(data))
+    prepared = prepare(ds, spec)
+    tensor = io.BytesIO()
+    np.save(tensor, prepared.tensor.astype(np.float32, copy=False), allow_pickle=False)
+    del ds.PixelData
+    header = io.BytesIO()
+    ds.save_as(header, enforce_file_format=False)
+    return tensor.getvalue(), header.getvalue(), prepared.source_shape
+
+
+async def run(ctx: StageContext, event: dict[str, Any]) -> dict[str, Any]:
+    tenant, study, model = event["tenant"], event["study"], event["model"]
+    indices: list[int] = event["indices"]
+    with timed() as t:
+        try:
+            manifest = await read_manifest(ctx, event["manifest_key"])
+        except NotFound as exc:
+            raise ManifestInvalid("manifest disappeared during processing") from exc
+        spec = _spec(ctx, model)
+        prepared: list[list[Any]] = []
+        failed: list[dict[str, str]] = []
+        for index in indices:
+            inst = manifest.instances[index]
+            try:
+                data = await ctx.images.get_bytes(inst.key)
+            except NotFound as exc:
+                raise InstanceMissing(f"instance {inst.sop_instance_uid} is not in the store") from exc
+            except StorageUnavailable as exc:
+                raise TransientError(exc.detail) from exc
+            try:
+                tensor, header, shape = await asyncio.to_thread(_decode, data, spec)
+            except (PreprocessError, ValueError, NotImplementedError, RuntimeError, AttributeError) as exc:
+                failed.append({"sop": inst.sop_instance_uid, "reason": f"{type(exc).__name__}: {exc}"[:200]})
+                continue
+            await ctx.images.put_bytes(
+                keys.tensor_key(tenant, study, inst.sop_instance_uid), tensor, content_type="application/octet-stream"
+            )
+            await ctx.images.put_bytes(
+                keys.header_key(tenant, study, inst.sop_instance_uid), header, content_type="application/dicom"
+            )
+            prepared.append([inst.sop_instance_uid, shape[0], shape[1]])
+        if not prepared and failed:
+            raise DecodeFailed(f"none of {len(failed)} instances could be decoded: {failed[0]['reason']}")
+    await ctx.telemetry.emit(
+        TelemetryEvent(
+            stage="prepare", tenant=tenant, study_uid=study, duration_ms=t.ms, model=model, instances=len(prepared)
+        )
+    )
+    return {"prepared": prepared, "failed": failed}

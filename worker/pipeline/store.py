@@ -1,0 +1,120 @@
+"""StoreResults: JSON + DICOM SR (+ SEG) of everything inferred for the study, then status completed."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+from datetime import datetime
+from typing import Any
+
+import pydicom
+
+from radstream import keys
+from radstream.status import StudyState, utcnow
+from worker.inference.types import InstanceOutput
+from worker.pipeline import outputs as output_codec
+from worker.pipeline.common import timed
+from worker.pipeline.context import StageContext
+from worker.pipeline.validate import specs_in
+from worker.results import build_result_document, build_segs, build_sr, dataset_to_bytes
+from worker.telemetry import TelemetryEvent
+
+RESULT_JSON = "result.json"
+RESULT_SR = "report.sr.dcm"
+NO_MODEL_DETAIL = "no model for this input"
+
+
+def _build(
+    headers: list[pydicom.Dataset], outputs: list[InstanceOutput], threshold: float
+) -> tuple[bytes, bytes, list[bytes]]:
+    """(result JSON, SR bytes, SEG bytes); CPU-bound, runs in a thread."""
+    sr = build_sr(headers, outputs, threshold=threshold)
+    segs = build_segs(headers, outputs, threshold)
+    document = build_result_document(headers, outputs, threshold, structured_report=sr, segmentations=segs)
+    return document.model_dump_json().encode(), dataset_to_bytes(sr), [dataset_to_bytes(s) for s in segs]
+
+
+async def _study_outputs(ctx: StageContext, tenant: str, study: str) -> list[InstanceOutput]:
+    """Outputs of every execution of this study so far (one study may arrive in several requests)."""
+    by_sop: dict[str, InstanceOutput] = {}
+    for key in sorted(await ctx.images.list_keys(keys.outputs_prefix(tenant, study))):
+        for out in output_codec.decode(await ctx.images.get_bytes(key)):
+            by_sop[out.sop_instance_uid] = out
+    return list(by_sop.values())
+
+
+async def run(ctx: StageContext, event: dict[str, Any]) -> dict[str, Any]:
+    tenant, study, action = event["tenant"], event["study"], event["action"]
+    if action == "skip":
+        return {"tenant": tenant, "study": study, "result": None}
+    with timed() as t:
+        result_key = keys.result_key(tenant, study, RESULT_JSON)
+        if action == "no_model":
+            body = {"study_instance_uid": study, "outcome": "no_model", "detail": NO_MODEL_DETAIL}
+            await ctx.results.put_json(result_key, body)
+            model = None
+        else:
+            model = event["model"]
+            spec = next(s for s in specs_in(ctx.settings.model_repository) if s.name == model)
+            outputs = await _study_outputs(ctx, tenant, study)
+            raw_headers = await asyncio.gather(
+                *(ctx.images.get_bytes(keys.header_key(tenant, study, o.sop_instance_uid)) for o in outputs)
+            )
+            headers: list[pydicom.Dataset] = [pydicom.dcmread(io.BytesIO(raw), force=True) for raw in raw_headers]
+            document, sr, segs = await asyncio.to_thread(_build, headers, outputs, spec.outputs.labels.threshold)
+            await ctx.results.put_bytes(keys.result_key(tenant, study, RESULT_SR), sr, content_type="application/dicom")
+            for i, seg in enumerate(segs):
+                await ctx.results.put_bytes(
+                    keys.result_key(tenant, study, f"seg-{i}.dcm"), seg, content_type="application/dicom"
+                )
+            await ctx.results.put_bytes(result_key, document, content_type="application/json")
+        await ctx.status.set_state(
+            tenant,
+            study,
+            StudyState.COMPLETED,
+            stage="store",
+            stage_ms=t.ms,
+            result_location=f"s3://{ctx.results.bucket}/{result_key}",
+        )
+    received_at = datetime.fromisoformat(event["received_at"]) if event.get("received_at") else None
+    end_to_end_ms = (utcnow() - received_at).total_seconds() * 1e3 if received_at else None
+    await ctx.telemetry.emit(
+        TelemetryEvent(stage="store", tenant=tenant, study_uid=study, duration_ms=t.ms, model=model),
+        TelemetryEvent(
+            stage="end_to_end",
+            tenant=tenant,
+            study_uid=study,
+            duration_ms=end_to_end_ms,
+            model=model,
+            outcome="ok" if model else "no_model",
+        ),
+    )
+    return {"tenant": tenant, "study": study, "result": result_key, "outcome": "ok" if model else "no_model"}
+
+
+def failure_reason(error: dict[str, Any] | None) -> tuple[str, str]:
+    """(error name, human-readable reason) from a Step Functions Catch ``$.error`` object."""
+    if not error:
+        return "Unknown", "the pipeline failed without an error description"
+    name = str(error.get("Error", "Unknown"))
+    cause = str(error.get("Cause", ""))
+    try:
+        parsed = json.loads(cause)
+        if isinstance(parsed, dict):
+            cause = str(parsed.get("errorMessage", cause))
+    except ValueError:
+        pass
+    return name, f"{name}: {cause}"[:500]
+
+
+async def mark_failed(ctx: StageContext, event: dict[str, Any]) -> dict[str, Any]:
+    tenant, study = event["tenant"], event["study"]
+    name, reason = failure_reason(event.get("error"))
+    await ctx.status.set_state(tenant, study, StudyState.FAILED, failure_reason=reason)
+    await ctx.telemetry.emit(
+        TelemetryEvent(
+            stage="failed", tenant=tenant, study_uid=study, outcome="failed", reason=name, model=event.get("model")
+        )
+    )
+    return {"tenant": tenant, "study": study, "failed": reason}
