@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: up test lint typecheck unit clean lock tools
+.PHONY: up test lint typecheck clean lock tools system-deps
 
 $(STAMP): requirements.lock pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH"; exit 1; }
@@ -24,8 +24,14 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-test: $(STAMP) lint typecheck
+test: $(STAMP) system-deps tools lint typecheck
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+system-deps:
+	bash scripts/system-deps.sh
+
+tools:
+	bash deploy/tools/install.sh
 
 lock:
 	$(PYTHON) -m venv /tmp/radstream-lock && /tmp/radstream-lock/bin/pip install -q -r requirements.in
@@ -33,4 +39,4 @@ lock:
 	  /tmp/radstream-lock/bin/pip freeze --exclude-editable ) > requirements.lock
 
 clean:
-	rm -rf $(VENV) .radstream .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .venv-tools .radstream .pytest_cache .mypy_cache .ruff_cache

@@ -17,6 +17,7 @@ from radstream import aws
 from radstream.settings import Settings
 from radstream.status import StatusStore
 from radstream.storage import ObjectStore
+from radstream.telemetry import Telemetry
 
 
 @dataclass
@@ -39,6 +40,8 @@ async def build_services(settings: Settings, keyring: KeyRing, metrics: Metrics)
             session.client("s3", **aws.client_kwargs(settings, max_pool_connections=128))
         )
         ddb = await stack.enter_async_context(session.client("dynamodb", **aws.client_kwargs(settings)))
+        kinesis = await stack.enter_async_context(session.client("kinesis", **aws.client_kwargs(settings)))
+        telemetry = Telemetry(kinesis, settings.telemetry_stream)
         images = ObjectStore(s3, settings.images_bucket, kms_key_id=settings.kms_key_id)
         results = ObjectStore(s3, settings.results_bucket, kms_key_id=settings.kms_key_id)
         status = StatusStore(ddb, settings.status_table)
@@ -49,7 +52,7 @@ async def build_services(settings: Settings, keyring: KeyRing, metrics: Metrics)
             images=images,
             results=results,
             status=status,
-            stow=StowService(settings, images, status, metrics),
+            stow=StowService(settings, images, status, metrics, telemetry),
             stow_slots=asyncio.Semaphore(settings.max_concurrent_stow_requests),
         )
 

@@ -39,10 +39,10 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 from pydicom.dataset import Dataset
@@ -72,6 +72,7 @@ ORTHANC_PLUGIN_CANDIDATES = (
     Path("/usr/lib/orthanc/libOrthancDicomWeb.so.1.7"),
 )
 MB = 1_000_000
+T = TypeVar("T")
 
 
 # --- the study, generated before timing ---------------------------------------------------------------
@@ -145,6 +146,19 @@ class Measurement:
     def as_dict(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "instances_per_s": self.instances_per_s, "mb_per_s": self.mb_per_s}
 
+    @classmethod
+    def of(cls, clock: Clock, instances: int, dicom_bytes: int, requests: int, failed: int) -> Measurement:
+        return cls(
+            instances,
+            dicom_bytes,
+            clock.seconds,
+            requests,
+            failed,
+            clock.client_cpu_s,
+            clock.server_cpu_s,
+            clock.other_cpu_s,
+        )
+
 
 def cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of a process (all its threads) from /proc; 0.0 when unreadable."""
@@ -182,19 +196,28 @@ class Clock:
         self.other_cpu_s = max(0.0, busy_cpu_seconds() - self._busy0 - ours)
 
 
-def _stored_count(response: httpx.Response) -> tuple[int, int]:
-    """(stored, failed) from a Store Instances Response; (0, 0) when the body is not DICOM JSON."""
+async def drain(items: list[T], handle: Callable[[T], Awaitable[None]], servers: dict[str, int]) -> Clock:
+    """``handle`` every item, ``CONCURRENCY`` at a time, in order; returns the clock of the whole."""
+    queue = list(reversed(items))
+
+    async def worker() -> None:
+        while queue:
+            await handle(queue.pop())
+
+    with Clock(servers) as clock:
+        await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
+    return clock
+
+
+def stored_count(response: httpx.Response) -> int:
+    """Instances in the ReferencedSOPSequence of a Store Instances Response; 0 when it is not DICOM JSON."""
     if not response.headers.get("content-type", "").startswith(("application/dicom+json", "application/json")):
-        return 0, 0
-    body = response.json()
-    stored = body.get("00081199", {}).get("Value", []) or []
-    failed = body.get("00081198", {}).get("Value", []) or []
-    return len(stored), len(failed)
+        return 0
+    return len(response.json().get("00081199", {}).get("Value", []) or [])
 
 
 async def stow(base_url: str, headers: dict[str, str], bodies: list[Body], servers: dict[str, int]) -> Measurement:
     """POST every body to ``{base_url}/studies/{study}``, ``CONCURRENCY`` requests at a time."""
-    queue = list(reversed(bodies))
     failed = 0
     limits = httpx.Limits(max_connections=CONCURRENCY, max_keepalive_connections=CONCURRENCY)
     async with httpx.AsyncClient(timeout=httpx.Timeout(REQUEST_TIMEOUT_S, connect=10.0), limits=limits) as http:
@@ -210,38 +233,25 @@ async def stow(base_url: str, headers: dict[str, str], bodies: list[Body], serve
                     "Content-Type": f'multipart/related; type="application/dicom"; boundary={body.boundary}',
                 },
             )
-            stored, _ = _stored_count(response)
+            stored = stored_count(response)
             if response.status_code != 200 or stored != body.instances:
                 failed += body.instances - stored
                 print(f"  STOW {response.status_code}: {stored}/{body.instances} stored {response.text[:200]}")
 
-        async def worker() -> None:
-            while queue:
-                await post(queue.pop())
-
-        with Clock(servers) as clock:
-            await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
-    return Measurement(
-        instances=sum(b.instances for b in bodies),
-        dicom_bytes=sum(b.dicom_bytes for b in bodies),
-        seconds=clock.seconds,
-        requests=len(bodies),
-        failed_instances=failed,
-        client_cpu_s=clock.client_cpu_s,
-        server_cpu_s=clock.server_cpu_s,
-        other_cpu_s=clock.other_cpu_s,
-    )
+        clock = await drain(bodies, post, servers)
+    instances, dicom_bytes = sum(b.instances for b in bodies), sum(b.dicom_bytes for b in bodies)
+    return Measurement.of(clock, instances, dicom_bytes, len(bodies), failed)
 
 
 async def raw_puts(settings: Settings, parts: list[bytes], servers: dict[str, int]) -> Measurement:
     """aioboto3 PutObject of ``parts`` with the gateway's arguments, ``CONCURRENCY`` at a time."""
     prefix = f"bench-raw/{uuid.uuid4().hex}"
     objects = [(f"{prefix}/{i}.dcm", data, hashlib.sha256(data).hexdigest()) for i, data in enumerate(parts)]
-    queue = list(reversed(objects))
     session = aws.session(settings)
     async with session.client("s3", **aws.client_kwargs(settings)) as s3:
 
-        async def put(key: str, data: bytes, sha256: str) -> None:
+        async def put(obj: tuple[str, bytes, str]) -> None:
+            key, data, sha256 = obj
             await s3.put_object(
                 Bucket=settings.images_bucket,
                 Key=key,
@@ -253,23 +263,9 @@ async def raw_puts(settings: Settings, parts: list[bytes], servers: dict[str, in
                 ServerSideEncryption="AES256",
             )
 
-        async def worker() -> None:
-            while queue:
-                await put(*queue.pop())
-
-        await put(f"{prefix}/warm-up.dcm", parts[0], objects[0][2])
-        with Clock(servers) as clock:
-            await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
-    return Measurement(
-        instances=len(parts),
-        dicom_bytes=sum(map(len, parts)),
-        seconds=clock.seconds,
-        requests=len(parts),
-        failed_instances=0,
-        client_cpu_s=clock.client_cpu_s,
-        server_cpu_s=clock.server_cpu_s,
-        other_cpu_s=clock.other_cpu_s,
-    )
+        await put((f"{prefix}/warm-up.dcm", parts[0], objects[0][2]))
+        clock = await drain(objects, put, servers)
+    return Measurement.of(clock, len(parts), sum(map(len, parts)), len(parts), 0)
 
 
 def median_run(runs: list[Measurement]) -> dict[str, Any]:
@@ -290,13 +286,13 @@ def free_port() -> int:
 # uvicorn re-raises SIGTERM after its graceful shutdown, which would kill `python -m cProfile` before it
 # writes anything; this runner turns SIGTERM into SystemExit and dumps the profile on the way out.
 _PROFILE_RUNNER = """
-import cProfile, signal, sys
+import cProfile, signal, sys, time
 def _exit(signum, frame):
     raise SystemExit(0)
 signal.signal(signal.SIGTERM, _exit)
 out, sys.argv = sys.argv[1], ["uvicorn", *sys.argv[2:]]
 import uvicorn.main
-profile = cProfile.Profile()
+profile = cProfile.Profile(time.thread_time)  # CPU of the event-loop thread, not wall time
 profile.enable()
 try:
     uvicorn.main.main()
@@ -313,8 +309,22 @@ def profiled_argv(argv: list[str], profile_path: Path) -> list[str]:
     return [argv[0], "-c", _PROFILE_RUNNER, str(profile_path), *argv[3:]]
 
 
+async def disable_pipeline_trigger(settings: Settings) -> None:
+    """Remove the images bucket's EventBridge notifications, so no manifest starts the pipeline.
+
+    The emulator runs EventBridge, Lambda and Step Functions in moto's own process: left on, every STOW
+    request's manifest starts a pipeline execution there, which competes with S3 for the CPU (about 2 s of
+    moto CPU per manifest, measured) and buries the ingest figures. On AWS that work is off the PUT path.
+    """
+    session = aws.session(settings)
+    async with session.client("s3", **aws.client_kwargs(settings)) as s3:
+        await s3.put_bucket_notification_configuration(Bucket=settings.images_bucket, NotificationConfiguration={})
+
+
 @contextmanager
-def radstream_stack(state_dir: Path, profile_path: Path | None) -> Iterator[tuple[Settings, str, int, int]]:
+def radstream_stack(
+    state_dir: Path, profile_path: Path | None, *, pipeline: bool = False
+) -> Iterator[tuple[Settings, str, int, int]]:
     """(settings, API key, moto PID, gateway PID); every process stopped (by PID) on exit."""
     key = secrets.token_urlsafe(32)
     settings = Settings(
@@ -328,6 +338,8 @@ def radstream_stack(state_dir: Path, profile_path: Path | None) -> Iterator[tupl
     try:
         moto = supervisor.start(emulator_process_spec(settings))
         asyncio.run(provision(settings))
+        if not pipeline:
+            asyncio.run(disable_pipeline_trigger(settings))
         spec = gateway_process_spec(settings, child_env(settings, f"{BENCH_TENANT}:{key}"))
         argv = spec.argv if profile_path is None else profiled_argv(spec.argv, profile_path)
         spec = dataclasses.replace(spec, argv=argv, log_path=state_dir / "logs" / "gateway.log")
@@ -337,10 +349,10 @@ def radstream_stack(state_dir: Path, profile_path: Path | None) -> Iterator[tupl
         supervisor.stop()
 
 
-def bench_radstream(maker: StudyMaker, repeats: int, profile_path: Path | None) -> dict[str, Any]:
+def bench_radstream(maker: StudyMaker, repeats: int, profile_path: Path | None, pipeline: bool) -> dict[str, Any]:
     with (
         tempfile.TemporaryDirectory(prefix="radstream-bench-") as state,
-        radstream_stack(Path(state), profile_path) as (settings, key, moto_pid, gateway_pid),
+        radstream_stack(Path(state), profile_path, pipeline=pipeline) as (settings, key, moto_pid, gateway_pid),
     ):
         base = f"{settings.base_url}/dicomweb"
         auth = {"Authorization": f"Bearer {key}"}
@@ -369,6 +381,7 @@ def orthanc_config(work: Path, http_port: int, plugin: Path) -> dict[str, Any]:
         "StorageDirectory": str(work / "storage"),
         "IndexDirectory": str(work / "index"),  # SQLite index on disk: Orthanc's default
         "StorageCompression": False,
+        "SyncStorageArea": True,  # Orthanc's default: fsync() every file it writes
         "HttpPort": http_port,
         "DicomPort": free_port(),
         "RemoteAccessAllowed": False,
@@ -412,7 +425,7 @@ def orthanc_process(work: Path) -> Iterator[tuple[int, int, dict[str, Any]]]:
         notes = {
             "version": version.strip(),
             "plugin": str(plugin),
-            "index": "SQLite on disk (IndexDirectory in a temporary directory); files on disk, uncompressed",
+            "index": "SQLite index on disk; files on disk, uncompressed, fsync()ed (moto keeps objects in RAM)",
             "config": {k: v for k, v in config.items() if k not in ("StorageDirectory", "IndexDirectory")},
         }
         yield process.pid, port, notes
@@ -474,8 +487,11 @@ def orthanc_client(url: str, server_pid: int, count: int, repeats: int) -> dict[
 # --- the whole benchmark ------------------------------------------------------------------------------
 
 
-def run(quick: bool = False, profile_gateway: Path | None = None) -> dict[str, Any]:
-    """Measure raw PutObject, RadStream STOW-RS and Orthanc STOW-RS once each (median of repeats)."""
+def run(quick: bool = False, profile_gateway: Path | None = None, pipeline: bool = False) -> dict[str, Any]:
+    """Measure raw PutObject, RadStream STOW-RS and Orthanc STOW-RS (median of repeats).
+
+    ``pipeline`` leaves the emulator's pipeline trigger on (see :func:`disable_pipeline_trigger`).
+    """
     count = QUICK_INSTANCES if quick else STUDY_INSTANCES
     repeats = 1 if quick else REPEATS
     maker = StudyMaker(count)
@@ -487,8 +503,10 @@ def run(quick: bool = False, profile_gateway: Path | None = None) -> dict[str, A
         "repeats": repeats,
         "cpus": os.cpu_count(),
         "profiled": profile_gateway is not None,
+        "pipeline_trigger": pipeline,
+        "load_average_before": os.getloadavg()[0],
     }
-    result.update(bench_radstream(maker, repeats, profile_gateway))
+    result.update(bench_radstream(maker, repeats, profile_gateway, pipeline))
     try:
         result["orthanc"] = bench_orthanc(count, repeats)
     except (OrthancUnavailable, subprocess.SubprocessError, OSError) as exc:
@@ -534,6 +552,12 @@ def markdown(result: dict[str, Any]) -> str:
     if "radstream_vs_orthanc" in result:
         rows.append(f"- RadStream / Orthanc: **{result['radstream_vs_orthanc']:.2f}** (target >= 1.0)")
         rows.append(f"- Orthanc: {result['orthanc']['notes']['version']}, {result['orthanc']['notes']['index']}")
+    if not result["pipeline_trigger"]:
+        rows.append("- pipeline trigger off: manifests start no Step Functions execution in the emulator")
+    rows.append(
+        f'- load average before: {result["load_average_before"]:.2f}; "other processes\' CPU" is what '
+        "the rest of the machine used during the timed section (high values: numbers are disturbed)"
+    )
     if result["profiled"]:
         rows.append("- the gateway ran under cProfile: its throughput here is not comparable")
     return "\n".join(rows)
@@ -544,6 +568,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help=f"{QUICK_INSTANCES} instances, one run per target")
     parser.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
     parser.add_argument("--profile-gateway", type=Path, default=None, help="write a cProfile of the gateway here")
+    parser.add_argument("--with-pipeline", action="store_true", help="leave the emulator's pipeline trigger on")
     parser.add_argument("--orthanc-client", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
     parser.add_argument("--server-pid", type=int, help=argparse.SUPPRESS)
@@ -554,7 +579,7 @@ def main(argv: list[str] | None = None) -> None:
         figures = orthanc_client(args.url, args.server_pid, args.instances, args.repeats)
         args.out.write_text(json.dumps(figures))
         return
-    result = run(args.quick, args.profile_gateway)
+    result = run(args.quick, args.profile_gateway, args.with_pipeline)
     print(markdown(result))
     if args.out is not None:
         args.out.write_text(json.dumps(result, indent=2) + "\n")

@@ -131,6 +131,25 @@ def results(
 
 
 @app.command()
+def stats() -> None:
+    """Latency percentiles per stage, throughput, errors and batch sizes from the telemetry data lake."""
+    from radstream.stats import local_stats
+
+    objects, results = asyncio.run(local_stats(get_settings()))
+    if not results:
+        console.print("no telemetry in the data lake yet (Firehose delivers about once a second locally)")
+        raise typer.Exit(1)
+    console.print(f"{objects} data lake objects")
+    for result in results:
+        table = Table(title=result.name.replace("_", " "))
+        for column in result.columns:
+            table.add_column(column, justify="left" if column in ("stage", "reason", "minute") else "right")
+        for row in result.rows:
+            table.add_row(*[f"{v:.1f}" if isinstance(v, float) else str(v) for v in row])
+        console.print(table)
+
+
+@app.command()
 def worker() -> None:
     """Run the inference worker (consumes the inference queue until SIGTERM)."""
     import logging

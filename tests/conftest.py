@@ -95,7 +95,7 @@ def emulator(state_dir: Path) -> Iterator[Emulator]:
 @pytest.fixture(scope="session")
 async def settings(emulator: Emulator, state_dir: Path) -> Settings:
     s = make_settings(emulator.url, state_dir)
-    await provision(s)
+    await provision(s, with_pipeline=False)
     return s
 
 

@@ -29,13 +29,13 @@ from radstream import keys
 from radstream.errors import NotFound, StorageUnavailable
 from radstream.settings import Settings
 from radstream.storage import ObjectStore
+from radstream.telemetry import Telemetry, TelemetryEvent
 from worker.inference.batcher import Batcher
 from worker.inference.client import InferenceTimeout, ModelNotReady, TritonError, TritonUnavailable
 from worker.inference.preprocess import PreparedImage
 from worker.inference.service import to_instance_output
 from worker.inference.spec import ModelSpec
 from worker.pipeline import outputs as output_codec
-from worker.telemetry import Telemetry, TelemetryEvent
 
 log = logging.getLogger("radstream.worker")
 

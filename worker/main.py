@@ -10,11 +10,11 @@ from contextlib import AsyncExitStack
 from radstream import aws
 from radstream.settings import Settings
 from radstream.storage import ObjectStore
+from radstream.telemetry import Telemetry
 from worker.consumer import InferenceWorker
 from worker.inference.batcher import Batcher
 from worker.inference.client import TritonClient
 from worker.inference.spec import load_specs
-from worker.telemetry import Telemetry
 
 log = logging.getLogger("radstream.worker")
 

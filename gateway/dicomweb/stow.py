@@ -37,6 +37,7 @@ from radstream.manifest import Manifest, ManifestInstance
 from radstream.settings import Settings
 from radstream.status import StatusStore, utcnow
 from radstream.storage import ObjectStore, PutOutcome, StorageError
+from radstream.telemetry import Telemetry, TelemetryEvent
 
 log = logging.getLogger("radstream.stow")
 
@@ -138,7 +139,11 @@ class _Spool:
 
 
 class StowService:
-    def __init__(self, settings: Settings, images: ObjectStore, status: StatusStore, metrics: Metrics) -> None:
+    def __init__(
+        self, settings: Settings, images: ObjectStore, status: StatusStore, metrics: Metrics, telemetry: Telemetry
+    ) -> None:
+        self._telemetry = telemetry
+        self._background: set[asyncio.Task[None]] = set()
         self._settings = settings
         self._images = images
         self._status = status
@@ -208,9 +213,31 @@ class StowService:
                 outcome.stored.append(result)
             else:
                 outcome.failed.append(result)
+        started = time.perf_counter()
         await self._commit(tenant, outcome)
         self._metrics.record_stow(outcome)
+        self._emit(tenant, outcome, (time.perf_counter() - started) * 1e3)
         return outcome
+
+    def _emit(self, tenant: str, outcome: StowOutcome, commit_ms: float) -> None:
+        """Telemetry off the response path; bounded, dropped (and counted in logs) when saturated."""
+        studies = {s.header.study_instance_uid for s in outcome.stored if s.created}
+        if not studies or len(self._background) >= 256:
+            return
+        events = [
+            TelemetryEvent(
+                stage="stow",
+                tenant=tenant,
+                study_uid=study,
+                duration_ms=commit_ms,
+                instances=sum(1 for s in outcome.stored if s.created and s.header.study_instance_uid == study),
+                outcome="ok" if not outcome.failed else "failed",
+            )
+            for study in studies
+        ]
+        task = asyncio.create_task(self._telemetry.emit(*events))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def _store_part(
         self, tenant: str, path_study_uid: str | None, spool: _Spool, slots: asyncio.Semaphore

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Response
 
 from gateway.auth import Tenant
 from gateway.dicomweb.endpoints import Uid
@@ -22,3 +22,32 @@ router = APIRouter(prefix="/v1/studies", tags=["Studies"])
 )
 async def study_status(study: Uid, tenant: Tenant, services: ServicesDep) -> StudyStatus:
     return await service.study_status(services, tenant, study)
+
+
+@router.get(
+    "/{study}/results",
+    summary="Results of a study (JSON)",
+    response_class=Response,
+    responses={
+        200: {"description": "The result document", "content": {"application/json": {"schema": {"type": "object"}}}},
+        **error_responses(401, 404, 422, 503),
+    },
+)
+async def study_results(study: Uid, tenant: Tenant, services: ServicesDep) -> Response:
+    return Response(await service.result_json(services, tenant, study), media_type="application/json")
+
+
+@router.get(
+    "/{study}/results/sr",
+    summary="Results of a study as a DICOM Structured Report",
+    response_class=Response,
+    responses={
+        200: {
+            "description": "DICOM SR (TID 1500), Part 10",
+            "content": {"application/dicom": {"schema": {"type": "string", "format": "binary"}}},
+        },
+        **error_responses(401, 404, 422, 503),
+    },
+)
+async def study_results_sr(study: Uid, tenant: Tenant, services: ServicesDep) -> Response:
+    return Response(await service.result_sr(services, tenant, study), media_type="application/dicom")

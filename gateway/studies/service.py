@@ -5,7 +5,8 @@ from __future__ import annotations
 from gateway.services import Services
 from radstream import keys
 from radstream.errors import NotFound
-from radstream.status import StudyStatus
+from radstream.status import StudyState, StudyStatus
+from worker.pipeline.store import NO_MODEL_DETAIL, RESULT_JSON, RESULT_SR
 
 
 async def study_status(services: Services, tenant: str, study: str) -> StudyStatus:
@@ -16,3 +17,23 @@ async def study_status(services: Services, tenant: str, study: str) -> StudyStat
     if status is None:
         raise NotFound(f"study {study} not found")
     return status
+
+
+async def result_json(services: Services, tenant: str, study: str) -> bytes:
+    return await _result(services, tenant, study, RESULT_JSON)
+
+
+async def result_sr(services: Services, tenant: str, study: str) -> bytes:
+    return await _result(services, tenant, study, RESULT_SR)
+
+
+async def _result(services: Services, tenant: str, study: str, name: str) -> bytes:
+    try:
+        return await services.results.get_bytes(keys.result_key(tenant, study, name))
+    except NotFound:
+        status = await services.status.get(tenant, study, instances=0, series=0)
+        if status is None:
+            raise NotFound(f"study {study} not found") from None
+        if status.status is StudyState.COMPLETED and name == RESULT_SR:
+            raise NotFound(f"study {study} has no DICOM SR: {NO_MODEL_DETAIL}") from None
+        raise NotFound(f"study {study} has no results yet (status: {status.status.value})") from None

@@ -13,7 +13,8 @@ and only here:
 3. Firehose: moto writes nothing for a Kinesis-sourced delivery stream. Here a pump reads the source
    stream and writes objects with the stream's S3 prefix (``!{timestamp:...}`` expanded), buffering for
    ``PUMP_INTERVAL_S`` instead of AWS's 60 s minimum.
-4. Step Functions execution is switched on (``execute_state_machine``).
+4. Step Functions execution is switched on (``execute_state_machine``), and ``SendTaskFailure`` keeps its
+   ``cause`` (moto's response handler drops it, so a failed study would lose its reason).
 
 What only real AWS can show: Lambda cold starts, memory limits and IAM enforcement; EventBridge's
 delivery latency; Firehose's real buffering; Athena (``radstream stats`` runs the same SQL on DuckDB).
@@ -201,6 +202,20 @@ class FirehosePump:
         return records
 
 
+# ------------------------------------------------------------------------------------------ Step Functions
+def _patch_send_task_failure() -> None:
+    from moto.core.responses import EmptyResult
+    from moto.stepfunctions.responses import StepFunctionResponse
+
+    def send_task_failure(self: Any) -> Any:
+        self.stepfunction_backend.send_task_failure(
+            self._get_param("taskToken"), error=self._get_param("error"), cause=self._get_param("cause")
+        )
+        return EmptyResult()
+
+    StepFunctionResponse.send_task_failure = send_task_failure  # type: ignore[method-assign]
+
+
 # ------------------------------------------------------------------------------------------------- main
 def install() -> None:
     _check_version()
@@ -211,6 +226,7 @@ def install() -> None:
 
     default_user_config["stepfunctions"] = {"execute_state_machine": True}
     _patch_events()
+    _patch_send_task_failure()
 
 
 def main() -> None:

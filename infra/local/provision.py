@@ -200,8 +200,9 @@ async def _pipeline(settings: Settings, names: ResourceNames, session: Any, kwar
             )
 
 
-async def provision(settings: Settings) -> ResourceNames:
-    """Create every resource the local stack uses; returns their names."""
+async def provision(settings: Settings, *, with_pipeline: bool = True) -> ResourceNames:
+    """Create every resource the local stack uses; returns their names. ``with_pipeline=False`` stops at
+    storage (buckets, table, queues, stream): gateway tests need nothing that reacts to their uploads."""
     names = ResourceNames.from_settings(settings)
     session = aws.session(settings)
     kwargs = aws.client_kwargs(settings)
@@ -219,6 +220,7 @@ async def provision(settings: Settings) -> ResourceNames:
         await _queue(sqs, names.inference_queue, dlq_arn=await _queue_arn(sqs, dlq_url))
         await _queue(sqs, names.trigger_dlq)
         await _stream(kinesis, names.telemetry_stream)
-    await _pipeline(settings, names, session, kwargs)
+    if with_pipeline:
+        await _pipeline(settings, names, session, kwargs)
     log.info("provisioned %s", names)
     return names

@@ -21,10 +21,11 @@ from infra.resources import (
     TELEMETRY_ERROR_PREFIX,
     TELEMETRY_PREFIX,
     TELEMETRY_SHARDS,
+    ResourceNames,
     manifest_event_pattern,
 )
 from radstream.settings import Settings
-from worker.telemetry import TelemetryEvent
+from radstream.telemetry import TelemetryEvent
 from tests.deploy.conftest import BOOTSTRAP, ROOT, STATEMACHINES, TEMPLATE, Tools, load_cfn
 
 LAMBDA_MODEL_REPOSITORY = "/opt/radstream/triton/models"  # where the Dockerfile puts the model specs
@@ -145,6 +146,14 @@ def test_buckets_are_private_encrypted_versioned_logged_and_tls_only(template: d
     assert images["NotificationConfiguration"] == {"EventBridgeConfiguration": {"EventBridgeEnabled": True}}
 
 
+def eventbridge_input(transformer: dict[str, Any], values: dict[str, str]) -> Any:
+    """What EventBridge sends: a placeholder in quotes takes the raw string, a bare one its JSON value."""
+    text = transformer["InputTemplate"]
+    for name, value in values.items():
+        text = text.replace(f'"<{name}>"', json.dumps(value)).replace(f"<{name}>", json.dumps(value))
+    return json.loads(text)
+
+
 def test_manifest_rule_invokes_the_start_pipeline_function_as_infra_resources_says(
     template: dict[str, Any],
 ) -> None:
@@ -160,8 +169,10 @@ def test_manifest_rule_invokes_the_start_pipeline_function_as_infra_resources_sa
     transformer = target["InputTransformer"]
     assert transformer["InputPathsMap"] == MANIFEST_INPUT_PATHS
     assert transformer["InputTemplate"] == MANIFEST_INPUT_TEMPLATE
-    filled = transformer["InputTemplate"].replace("<bucket>", '"b"').replace("<key>", '"manifests/k.json"')
-    assert json.loads(filled) == {"bucket": "b", "key": "manifests/k.json"}
+    assert eventbridge_input(transformer, {"bucket": "b", "key": "manifests/k.json"}) == {
+        "bucket": "b",
+        "key": "manifests/k.json",
+    }
     # nothing but StartPipeline starts executions: no rule targets the state machine directly
     for name, other in resources_of(template, "AWS::Events::Rule").items():
         for each in other["Properties"]["Targets"]:
@@ -200,8 +211,9 @@ def test_start_pipeline_may_start_the_state_machine_and_nothing_else(template: d
     assert granted["DeadLetters"]["Resource"] == {"Fn::GetAtt": ["PipelineEventsDeadLetterQueue", "Arn"]}
     # failed asynchronous invocations end in the same queue as undeliverable events
     assert starter["DeadLetterConfig"]["TargetArn"] == {"Fn::GetAtt": ["PipelineEventsDeadLetterQueue", "Arn"]}
-    assert starter["Environment"]["Variables"]["RADSTREAM_STATE_MACHINE_NAME"] == (
-        template["Resources"]["Pipeline"]["Properties"]["StateMachineName"]
+    assert (
+        starter["Environment"]["Variables"]["RADSTREAM_STATE_MACHINE_NAME"]
+        == (template["Resources"]["Pipeline"]["Properties"]["StateMachineName"])
     )
 
 
@@ -291,7 +303,7 @@ def test_each_stage_role_grants_what_its_code_does(template: dict[str, Any]) -> 
     assert set(STAGE_S3) == {s for s, (_h, substitution) in LAMBDA_FUNCTIONS.items() if substitution is not None}
     common = template["Resources"]["PipelineFunctionsCommonPolicy"]["Properties"]["PolicyDocument"]["Statement"]
     (telemetry,) = [s for s in common if s["Sid"] == "Telemetry"]
-    assert telemetry["Action"] == "kinesis:PutRecords"  # worker/telemetry.py
+    assert telemetry["Action"] == "kinesis:PutRecords"  # radstream/telemetry.py
     assert telemetry["Resource"] == {"Fn::GetAtt": ["TelemetryStream", "Arn"]}
     for suffix, expected in STAGE_S3.items():
         props = template["Resources"][functions[suffix]]["Properties"]
@@ -321,13 +333,18 @@ def test_eks_roles_grant_what_the_gateway_and_worker_do(template: dict[str, Any]
         (action, f"ImagesBucket/{prefix}/*")
         for action in ("s3:PutObject", "s3:GetObject", "s3:DeleteObject")
         for prefix in ("instances", "manifests")
-    } | {("s3:ListBucket", "ImagesBucket"), ("s3:GetObject", "ResultsBucket/results/*")}
+    } | {
+        ("s3:ListBucket", "ImagesBucket"),  # listing a study; HeadBucket for /readyz
+        ("s3:GetObject", "ResultsBucket/results/*"),
+        ("s3:ListBucket", "ResultsBucket"),  # a missing result answers 404, not 403
+    }
     gateway = statements(template, "GatewayRole")
     assert set(as_list(gateway["StudyStatus"]["Action"])) == {"dynamodb:GetItem", "dynamodb:UpdateItem"}
     assert gateway["Telemetry"]["Action"] == "kinesis:PutRecords"
     assert not any(a.startswith("states:") for s in gateway.values() for a in as_list(s["Action"]))
     assert s3_grants(template, "WorkerRole") == {
         ("s3:GetObject", "ImagesBucket/work/*"),
+        ("s3:ListBucket", "ImagesBucket"),  # a missing tensor answers 404, not 403
         ("s3:PutObject", "ImagesBucket/work/*/outputs/*"),
     }
     worker = statements(template, "WorkerRole")
@@ -353,6 +370,26 @@ def test_pipeline_work_files_expire(template: dict[str, Any]) -> None:
     assert work["NoncurrentVersionExpiration"]["NoncurrentDays"] <= 7
     # nothing else in the images bucket expires: instances and manifests are the archive
     assert all("ExpirationInDays" not in r for r in rules if r is not work)
+
+
+def test_resource_names_match_the_local_stack(template: dict[str, Any]) -> None:
+    """With the default ProjectName the stack's names are the settings' defaults the code uses."""
+    project = template["Parameters"]["ProjectName"]["Default"]
+    names = ResourceNames.from_settings(Settings.model_construct())  # the defaults, not this environment
+    assert names.lambda_prefix == project
+
+    def named(logical_id: str, prop: str) -> str:
+        value: str = template["Resources"][logical_id]["Properties"][prop]["Fn::Sub"]
+        return value.replace("${ProjectName}", project)
+
+    assert named("InferenceQueue", "QueueName") == names.inference_queue
+    assert named("InferenceDeadLetterQueue", "QueueName") == names.inference_dlq
+    assert named("PipelineEventsDeadLetterQueue", "QueueName") == names.trigger_dlq
+    assert named("StatusTable", "TableName") == names.status_table
+    assert named("TelemetryStream", "Name") == names.telemetry_stream
+    assert named("Pipeline", "StateMachineName") == names.state_machine
+    for suffix, logical_id in functions_by_suffix(template).items():
+        assert named(logical_id, "FunctionName") == names.function_name(suffix)
 
 
 def test_queues_match_the_local_stack_and_are_encrypted(template: dict[str, Any]) -> None:

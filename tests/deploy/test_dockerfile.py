@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import fnmatch
+import importlib
 import json
 import re
 from dataclasses import dataclass, field
 
 import pytest
+import yaml
 
-from tests.deploy.conftest import ROOT, Tools
+from infra.resources import LAMBDA_FUNCTIONS
+from tests.deploy.conftest import CHART, ROOT, TEMPLATE, Tools, load_cfn
 
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
@@ -129,18 +132,37 @@ def test_gateway_worker_and_lambda_commands(stages: dict[str, Stage]) -> None:
     assert json.loads(stages["lambda"].last("CMD") or "null")[0].startswith("worker.lambdas.")
 
 
-def test_dockerignore_keeps_the_context_to_what_is_copied(stages: dict[str, Stage]) -> None:
-    patterns = [p.strip() for p in DOCKERIGNORE.read_text().splitlines() if p.strip() and not p.startswith("#")]
-    assert patterns[0] == "*"
+def dockerignore_patterns() -> list[str]:
+    return [p.strip() for p in DOCKERIGNORE.read_text().splitlines() if p.strip() and not p.startswith("#")]
 
-    def included(path: str) -> bool:
-        keep = True
-        for pattern in patterns:
-            negate = pattern.startswith("!")
-            glob = pattern[1:] if negate else pattern
-            if fnmatch.fnmatch(path, glob.rstrip("/")) or path.startswith(glob if glob.endswith("/") else glob + "/"):
-                keep = negate
-        return keep
+
+def included(path: str) -> bool:
+    """Whether .dockerignore lets ``path`` into the build context (the last matching pattern decides)."""
+    keep = True
+    for pattern in dockerignore_patterns():
+        negate = pattern.startswith("!")
+        glob = pattern[1:] if negate else pattern
+        if fnmatch.fnmatch(path, glob.rstrip("/")) or path.startswith(glob if glob.endswith("/") else glob + "/"):
+            keep = negate
+    return keep
+
+
+def env_of(stages: dict[str, Stage], name: str) -> dict[str, str]:
+    """ENV KEY=VALUE pairs of a stage and the stages it is built FROM (later ones win)."""
+    env: dict[str, str] = {}
+    if stages[name].base in stages:
+        env.update(env_of(stages, stages[name].base))
+    for args in stages[name].all("ENV"):
+        for pair in args.split():
+            key, sep, value = pair.partition("=")
+            assert sep, f"ENV in KEY=VALUE form: {args}"
+            env[key] = value
+    return env
+
+
+def test_dockerignore_keeps_the_context_to_what_is_copied(stages: dict[str, Stage]) -> None:
+    patterns = dockerignore_patterns()
+    assert patterns[0] == "*"
 
     sources = []
     for stage in stages.values():
@@ -154,3 +176,37 @@ def test_dockerignore_keeps_the_context_to_what_is_copied(stages: dict[str, Stag
         assert included(source.rstrip("/")), f"{source} is excluded by .dockerignore"
     for secret in (".venv", ".venv-tools", ".radstream", ".git", "tests", "loadtest"):
         assert not included(secret), secret
+
+
+def test_images_carry_the_model_specs_where_the_settings_point(stages: dict[str, Stage]) -> None:
+    (copy,) = [args for args in stages["build"].all("COPY") if args.split()[0] == "triton/models"]
+    destination = copy.split()[-1]
+    # the final stages copy /opt/radstream from the build stages, so the specs must land inside it
+    assert destination.startswith("/opt/radstream/")
+    for target in ("runtime", "lambda"):
+        assert env_of(stages, target)["RADSTREAM_MODEL_REPOSITORY"] == destination, target
+    # the build fails when no spec made it into the image
+    assert "load_specs(Path('/opt/radstream/triton/models'))" in " ".join(stages["build"].all("RUN"))
+    assert destination == "/opt/radstream/triton/models"
+    # the context holds every model's spec.json and nothing else of triton/ (Triton serves the ONNX)
+    specs = sorted((ROOT / "triton" / "models").glob("*/spec.json"))
+    assert specs
+    for path in (ROOT / "triton").rglob("*"):
+        if path.is_file():
+            relative = path.relative_to(ROOT).as_posix()
+            assert included(relative) is (path in specs), relative
+    # the Lambda functions and the worker Deployment point at the same folder
+    for name, resource in load_cfn(TEMPLATE)["Resources"].items():
+        if resource["Type"] == "AWS::Lambda::Function":
+            assert resource["Properties"]["Environment"]["Variables"]["RADSTREAM_MODEL_REPOSITORY"] == destination, name
+    assert yaml.safe_load((CHART / "values.yaml").read_text())["worker"]["modelRepository"] == destination
+
+
+def test_lambda_image_runs_every_handler_of_infra_resources(stages: dict[str, Stage]) -> None:
+    handlers = {handler for handler, _substitution in LAMBDA_FUNCTIONS.values()}
+    assert json.loads(stages["lambda"].last("CMD") or "null") in [[h] for h in handlers]
+    text = DOCKERFILE.read_text()
+    for handler in handlers:
+        assert handler in text, f"the Dockerfile's header lists {handler}"
+        module, _, function = handler.rpartition(".")
+        assert callable(getattr(importlib.import_module(module), function)), handler

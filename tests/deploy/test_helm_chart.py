@@ -136,6 +136,13 @@ def test_environment_comes_from_values_and_the_secret(docs: list[dict[str, Any]]
         env = deployments[f"{RELEASE}-{component}"]["spec"]["template"]["spec"]["containers"][0]["env"]
         plain = {e["name"]: e["value"] for e in env if "value" in e}
         assert {k: plain.get(k) for k in expected} == expected, component
+    worker_env = deployments[f"{RELEASE}-worker"]["spec"]["template"]["spec"]["containers"][0]["env"]
+    # the worker preprocesses with the model specs the image carries (the Dockerfile puts them there)
+    assert {e["name"]: e.get("value") for e in worker_env}["RADSTREAM_MODEL_REPOSITORY"] == (
+        "/opt/radstream/triton/models"
+    )
+    names = [e["name"] for e in worker_env]
+    assert len(names) == len(set(names)), "no variable is set twice"
     gateway_env = deployments[f"{RELEASE}-gateway"]["spec"]["template"]["spec"]["containers"][0]["env"]
     (api_keys,) = [e for e in gateway_env if e["name"] == "RADSTREAM_API_KEYS"]
     assert api_keys["valueFrom"]["secretKeyRef"] == {"name": "radstream-api-keys", "key": "api-keys"}

@@ -26,7 +26,7 @@ async def small_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tupl
     settings = make_settings(emu.url, state, max_upload_bytes=LIMIT, aws_max_attempts=1)
     from infra.local.provision import provision
 
-    await provision(settings)
+    await provision(settings, with_pipeline=False)
     gw = start_gateway(settings)
     yield emu, gw
     gw.supervisor.stop()

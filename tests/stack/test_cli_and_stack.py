@@ -55,8 +55,8 @@ def test_send_exits_nonzero_on_failures(gateway: Gateway, tmp_path: Path) -> Non
 
 
 async def test_provisioning_is_idempotent(settings: Settings) -> None:
-    first = await provision(settings)
-    assert await provision(settings) == first
+    first = await provision(settings, with_pipeline=False)
+    assert await provision(settings, with_pipeline=False) == first
 
 
 def _children(pid: int) -> list[int]:

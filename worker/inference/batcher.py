@@ -111,6 +111,7 @@ class Batcher:
         self._collector: asyncio.Task[None] | None = None
         self._running: set[asyncio.Task[None]] = set()
         self._closed = False
+        self._closing = asyncio.Event()
         self._outstanding = 0
         self._outputs = [spec.outputs.probability.name, spec.outputs.heatmap.name]
         self._shape = tuple(spec.input.shape)
@@ -121,8 +122,12 @@ class Batcher:
             self._collector = asyncio.create_task(self._collect(), name=f"batcher-{self.spec.name}")
 
     async def close(self) -> None:
-        """Stop forming batches, let batches already sent finish, fail images still queued."""
+        """Stop forming batches, let batches already sent finish, fail images still queued.
+
+        A batch waiting to retry (Triton unavailable) stops retrying and fails with :class:`BatcherClosed`.
+        """
         self._closed = True
+        self._closing.set()
         if self._collector is not None:
             self._collector.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -259,5 +264,10 @@ class Batcher:
                 if time.monotonic() + backoff >= deadline:
                     raise
                 self.stats.retries += 1
-                await asyncio.sleep(backoff)
+                try:
+                    await asyncio.wait_for(self._closing.wait(), backoff)
+                except TimeoutError:
+                    pass
+                else:
+                    raise BatcherClosed(f"{self.spec.name}: batcher closed while Triton was unavailable") from exc
                 backoff = min(backoff * self.retry.multiplier, self.retry.max_backoff_s)

@@ -11,7 +11,7 @@ from radstream import aws
 from radstream.settings import Settings
 from radstream.status import StatusStore
 from radstream.storage import ObjectStore
-from worker.telemetry import Telemetry
+from radstream.telemetry import Telemetry
 
 
 @dataclass

@@ -11,13 +11,13 @@ import pydicom
 
 from radstream import keys
 from radstream.errors import NotFound, StorageUnavailable
+from radstream.telemetry import TelemetryEvent
 from worker.inference.preprocess import PreprocessError, prepare
 from worker.inference.spec import ModelSpec
 from worker.pipeline.common import read_manifest, timed
 from worker.pipeline.context import StageContext
 from worker.pipeline.errors import DecodeFailed, InstanceMissing, ManifestInvalid, TransientError
 from worker.pipeline.validate import specs_in
-from worker.telemetry import TelemetryEvent
 
 
 def _spec(ctx: StageContext, name: str) -> ModelSpec:

@@ -12,13 +12,13 @@ import pydicom
 
 from radstream import keys
 from radstream.status import StudyState, utcnow
+from radstream.telemetry import TelemetryEvent
 from worker.inference.types import InstanceOutput
 from worker.pipeline import outputs as output_codec
 from worker.pipeline.common import timed
 from worker.pipeline.context import StageContext
 from worker.pipeline.validate import specs_in
 from worker.results import build_result_document, build_segs, build_sr, dataset_to_bytes
-from worker.telemetry import TelemetryEvent
 
 RESULT_JSON = "result.json"
 RESULT_SR = "report.sr.dcm"
@@ -109,7 +109,10 @@ def failure_reason(error: dict[str, Any] | None) -> tuple[str, str]:
 
 
 async def mark_failed(ctx: StageContext, event: dict[str, Any]) -> dict[str, Any]:
-    tenant, study = event["tenant"], event["study"]
+    if "tenant" in event:
+        tenant, study = event["tenant"], event["study"]
+    else:  # ValidateMetadata failed: the input is still the trigger's {bucket, key}
+        tenant, study, _ = keys.parse_manifest_key(str(event.get("key")))
     name, reason = failure_reason(event.get("error"))
     await ctx.status.set_state(tenant, study, StudyState.FAILED, failure_reason=reason)
     await ctx.telemetry.emit(

@@ -10,11 +10,11 @@ from typing import Any
 from radstream import keys
 from radstream.errors import NotFound, StorageUnavailable
 from radstream.status import StudyState
+from radstream.telemetry import TelemetryEvent
 from worker.inference.spec import ModelSpec, load_specs, match_model
 from worker.pipeline.common import read_manifest, timed
 from worker.pipeline.context import StageContext
 from worker.pipeline.errors import InstanceMissing, ManifestInvalid, TransientError
-from worker.telemetry import TelemetryEvent
 
 PREPARE_BATCH = 16  # instances per PrepareTensors invocation (the Map fans out over these)
 

@@ -1,0 +1,7 @@
+-- Studies completed (end_to_end events) and images inferred per minute.
+SELECT date_trunc('minute', ts) AS minute,
+       count_if(stage = 'end_to_end') AS studies_completed,
+       sum(CASE WHEN stage = 'inference' THEN instances ELSE 0 END) AS images_inferred
+FROM radstream_telemetry
+GROUP BY date_trunc('minute', ts)
+ORDER BY minute

@@ -1,0 +1,248 @@
+"""The pipeline end to end on the embedded stack: real moto (with its local gaps), Triton, gateway, worker."""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+
+import httpx
+import pydicom
+import pytest
+from pydicom.uid import UltrasoundImageStorage
+
+from radstream import keys, synthetic
+from radstream.manifest import Manifest, ManifestInstance
+from radstream.status import utcnow
+from tests.gateway.stowhelp import stow
+from tests.pipeline.conftest import Stack
+
+
+def ct_study(n: int = 2, rows: int = 128) -> tuple[synthetic.StudyUids, list[pydicom.Dataset]]:
+    uids = synthetic.StudyUids.new()
+    return uids, [synthetic.ct_slice(uids, i, rows=rows, cols=rows) for i in range(n)]
+
+
+def send(stack: Stack, datasets: list[pydicom.Dataset]) -> None:
+    response = stow(stack.url, stack.auth, [synthetic.to_bytes(ds) for ds in datasets])
+    assert response.status_code == 200, response.text
+
+
+def executions_for(stack: Stack, request_ids: set[str]) -> list[dict[str, object]]:
+    return [e for e in stack.executions() if str(e["name"]).rsplit("-", 1)[0] in request_ids]
+
+
+def manifests_of(stack: Stack, study: str) -> list[str]:
+    listing = stack.client("s3").list_objects_v2(
+        Bucket=stack.settings.images_bucket, Prefix=f"manifests/alpha/{study}/"
+    )
+    return [o["Key"] for o in listing.get("Contents", [])]
+
+
+def test_study_completes_with_json_sr_and_telemetry(stack: Stack) -> None:
+    uids, datasets = ct_study(3)
+    send(stack, datasets)
+    status = stack.wait_status(uids.study, ("completed", "failed"))
+    assert status["status"] == "completed", status
+    assert status["model"] == "lesion_detector"
+    assert {"validate", "store"} <= set(status["stage_times_ms"])
+
+    result = httpx.get(f"{stack.url}/v1/studies/{uids.study}/results", headers=stack.auth)
+    assert result.status_code == 200
+    document = result.json()
+    assert {i["sop_instance_uid"] for i in document["instances"]} == {ds.SOPInstanceUID for ds in datasets}
+    assert all(0.0 <= i["probability"] <= 1.0 for i in document["instances"])
+
+    sr = httpx.get(f"{stack.url}/v1/studies/{uids.study}/results/sr", headers=stack.auth)
+    assert sr.status_code == 200
+    assert sr.headers["content-type"] == "application/dicom"
+    report = pydicom.dcmread(io.BytesIO(sr.content))
+    assert report.Modality == "SR"
+    assert report.StudyInstanceUID == uids.study
+    referenced = {
+        item.ReferencedSOPInstanceUID
+        for series in report.CurrentRequestedProcedureEvidenceSequence
+        for s in series.ReferencedSeriesSequence
+        for item in s.ReferencedSOPSequence
+    }
+    assert referenced == {ds.SOPInstanceUID for ds in datasets}
+
+    deadline = time.monotonic() + 15
+    while True:  # Firehose (the local pump) delivers about once a second
+        stages = {r["stage"] for r in stack.telemetry() if r.get("study_uid") == uids.study}
+        if {"stow", "validate", "prepare", "inference", "store", "end_to_end"} <= stages or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert {"stow", "validate", "prepare", "inference", "store", "end_to_end"} <= stages
+
+
+def test_other_tenant_sees_no_results(stack: Stack) -> None:
+    uids, datasets = ct_study(1)
+    send(stack, datasets)
+    stack.wait_status(uids.study, ("completed",))
+    other = {"Authorization": "Bearer beta-key-0123456789abcdefghijk"}
+    assert httpx.get(f"{stack.url}/v1/studies/{uids.study}/results", headers=other).status_code == 404
+    assert httpx.get(f"{stack.url}/v1/studies/{uids.study}/results/sr", headers=other).status_code == 404
+
+
+def test_study_without_a_model_ends_as_no_model(stack: Stack) -> None:
+    uids, (ds,) = ct_study(1)
+    ds.Modality = "US"
+    ds.SOPClassUID = UltrasoundImageStorage
+    ds.file_meta.MediaStorageSOPClassUID = UltrasoundImageStorage
+    send(stack, [ds])
+    status = stack.wait_status(uids.study, ("completed", "failed"))
+    assert status["status"] == "completed"
+    result = httpx.get(f"{stack.url}/v1/studies/{uids.study}/results", headers=stack.auth).json()
+    assert result["outcome"] == "no_model"
+    assert result["detail"] == "no model for this input"
+    sr = httpx.get(f"{stack.url}/v1/studies/{uids.study}/results/sr", headers=stack.auth)
+    assert sr.status_code == 404
+    assert "no model" in sr.json()["detail"]
+
+
+def test_one_manifest_starts_one_execution_and_resend_starts_none(stack: Stack) -> None:
+    uids, datasets = ct_study(2)
+    send(stack, datasets)
+    stack.wait_status(uids.study, ("completed",))
+    (manifest_key,) = manifests_of(stack, uids.study)
+    _, _, request_id = keys.parse_manifest_key(manifest_key)
+    # the same S3 event delivered again (EventBridge is at-least-once): invoke the starter directly
+    lam = stack.client("lambda")
+    event = json.dumps({"bucket": stack.settings.images_bucket, "key": manifest_key}).encode()
+    answer = json.loads(lam.invoke(FunctionName="radstream-start-pipeline", Payload=event)["Payload"].read())
+    assert answer["started"] is False
+    assert len(executions_for(stack, {request_id})) == 1
+
+    before = len(stack.executions())
+    send(stack, datasets)  # identical re-send: stored already, no manifest, no execution
+    time.sleep(2)
+    assert manifests_of(stack, uids.study) == [manifest_key]
+    assert len(stack.executions()) == before
+    outputs = stack.client("s3").list_objects_v2(
+        Bucket=stack.settings.images_bucket, Prefix=keys.outputs_prefix("alpha", uids.study)
+    )
+    assert outputs["KeyCount"] == 1
+
+
+def test_failing_handler_retries_then_marks_failed(stack: Stack) -> None:
+    uids, datasets = ct_study(1)
+    send(stack, datasets)
+    stack.wait_status(uids.study, ("completed",))
+    # a manifest that names an instance the store does not have: ValidateMetadata raises InstanceMissing,
+    # a transient error, so Step Functions retries it, then Catch -> MarkFailed
+    ghost = "1.2.826.0.1.3680043.10.99.1"
+    manifest = Manifest(
+        request_id="20260101T000000-ghost0000001",
+        tenant="alpha",
+        study_instance_uid=uids.study,
+        received_at=utcnow(),
+        instances=[
+            ManifestInstance(
+                key=keys.instance_key("alpha", uids.study, uids.series, ghost),
+                sop_class_uid=datasets[0].SOPClassUID,
+                sop_instance_uid=ghost,
+                series_instance_uid=uids.series,
+                transfer_syntax_uid="1.2.840.10008.1.2.1",
+                modality="CT",
+                size=1,
+                sha256="0" * 64,
+            )
+        ],
+    )
+    stack.client("s3").put_object(
+        Bucket=stack.settings.images_bucket,
+        Key=keys.manifest_key("alpha", uids.study, manifest.request_id),
+        Body=manifest.model_dump_json().encode(),
+    )
+    status = stack.wait_status(uids.study, ("failed",))
+    assert status["failure_reason"].startswith("InstanceMissing: instance 1.2.826.0.1.3680043.10.99.1")
+    (execution,) = executions_for(stack, {manifest.request_id})
+    assert execution["status"] == "FAILED"
+    history = stack.client("stepfunctions").get_execution_history(executionArn=execution["executionArn"])["events"]
+    attempts = [
+        e
+        for e in history
+        if e["type"] == "TaskScheduled" and "validate-metadata" in e["taskScheduledEventDetails"]["parameters"]
+    ]
+    assert len(attempts) == 4  # the first try and three retries
+    deadline = time.monotonic() + 15
+    while not any(
+        r["stage"] == "failed" and r["study_uid"] == uids.study and r["reason"] == "InstanceMissing"
+        for r in stack.telemetry()
+    ):
+        assert time.monotonic() < deadline, "no failure telemetry"
+        time.sleep(0.5)
+
+
+def _in_flight(stack: Stack) -> int:
+    sqs = stack.client("sqs")
+    url = sqs.get_queue_url(QueueName=stack.settings.inference_queue)["QueueUrl"]
+    attrs = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["ApproximateNumberOfMessagesNotVisible"])
+    return int(attrs["Attributes"]["ApproximateNumberOfMessagesNotVisible"])
+
+
+@pytest.mark.slow
+def test_worker_killed_while_holding_a_message_study_completes_once(stack: Stack, triton_paused: int) -> None:
+    uids, datasets = ct_study(2)
+    send(stack, datasets)
+    deadline = time.monotonic() + 30
+    while _in_flight(stack) == 0:  # the worker holds the message (Triton does not answer)
+        assert time.monotonic() < deadline, "the worker never received the message"
+        time.sleep(0.2)
+    stack.kill("worker")
+    import os
+    import signal
+
+    os.kill(triton_paused, signal.SIGCONT)
+    stack.start("worker")  # a fresh worker gets the message after its visibility timeout
+    status = stack.wait_status(uids.study, ("completed", "failed"))
+    assert status["status"] == "completed", status
+    (manifest_key,) = manifests_of(stack, uids.study)
+    _, _, request_id = keys.parse_manifest_key(manifest_key)
+    (execution,) = executions_for(stack, {request_id})
+    assert execution["status"] == "SUCCEEDED"
+    result = httpx.get(f"{stack.url}/v1/studies/{uids.study}/results", headers=stack.auth).json()
+    assert len(result["instances"]) == 2
+
+
+@pytest.mark.slow
+def test_triton_down_then_back_completes(stack: Stack, triton_paused: int) -> None:
+    uids, datasets = ct_study(1)
+    send(stack, datasets)
+    time.sleep(5)  # at least one attempt times out against the silent server
+    assert stack.status(uids.study)["status"] == "processing"
+    import os
+    import signal
+
+    os.kill(triton_paused, signal.SIGCONT)
+    status = stack.wait_status(uids.study, ("completed", "failed"))
+    assert status["status"] == "completed", status
+
+
+@pytest.mark.slow
+def test_triton_down_too_long_fails_with_reason(stack: Stack, triton_paused: int) -> None:
+    uids, datasets = ct_study(1)
+    send(stack, datasets)
+    status = stack.wait_status(uids.study, ("completed", "failed"))
+    assert status["status"] == "failed"
+    assert status["failure_reason"].startswith("InferenceUnavailable: Triton unavailable after 3 attempts")
+
+
+def test_no_phi_in_telemetry_or_logs(stack: Stack) -> None:
+    uids, datasets = ct_study(1)
+    send(stack, datasets)
+    stack.wait_status(uids.study, ("completed", "failed"))
+    time.sleep(1.5)  # one more Firehose delivery
+    records = stack.telemetry()
+    assert records
+    phi = (synthetic.FAKE_PATIENT_NAME, synthetic.FAKE_PATIENT_ID, synthetic.FAKE_BIRTH_DATE, "Synthetic^Phantom")
+    text = json.dumps(records)
+    for value in phi:
+        assert value not in text
+    logs = list(stack.logs.glob("*.log"))
+    assert {p.name for p in logs} >= {"aws-emulator.log", "gateway.log", "worker.log", "triton.log"}
+    for path in logs:
+        content = path.read_text(errors="replace")
+        for value in phi:
+            assert value not in content, f"{value!r} found in {path.name}"
