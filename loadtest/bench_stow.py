@@ -12,7 +12,7 @@ starts and stored three ways, each by 4 concurrent clients:
   Orthanc 1.10 cannot bind to loopback only, so it runs in a network namespace with nothing but ``lo``,
   and its client runs in the same namespace: this module re-invokes itself with ``--orthanc-client``.
 
-Every measurement is repeated (3 times, once with ``--quick``), each time with fresh UIDs; the median
+Every measurement is repeated (5 times, once with ``--quick``), each time with fresh UIDs; the median
 run is reported. CPU seconds of each server process are read from ``/proc`` around the timed section.
 
 Run (as root, for ``ip netns``)::
@@ -60,7 +60,7 @@ STUDY_INSTANCES = 200
 QUICK_INSTANCES = 40
 BATCH_INSTANCES = 10
 CONCURRENCY = 4
-REPEATS = 3
+REPEATS = 5
 ROWS = COLS = 512
 REQUEST_TIMEOUT_S = 300.0
 ORTHANC_READY_TIMEOUT_S = 60.0
@@ -423,7 +423,7 @@ def orthanc_process(work: Path) -> Iterator[tuple[int, int, dict[str, Any]]]:
                 ["ip", "netns", "exec", NETNS, binary, str(work / "orthanc.json")], stdout=log, stderr=log
             )
         notes = {
-            "version": version.strip(),
+            "version": " ".join([Path(version.split()[0]).name, *version.split()[1:]]) if version else "?",
             "plugin": str(plugin),
             "index": "SQLite index on disk; files on disk, uncompressed, fsync()ed (moto keeps objects in RAM)",
             "config": {k: v for k, v in config.items() if k not in ("StorageDirectory", "IndexDirectory")},

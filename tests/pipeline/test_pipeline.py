@@ -32,6 +32,16 @@ def executions_for(stack: Stack, request_ids: set[str]) -> list[dict[str, object
     return [e for e in stack.executions() if str(e["name"]).rsplit("-", 1)[0] in request_ids]
 
 
+def wait_execution(stack: Stack, request_id: str, timeout_s: float = 30) -> str:
+    """Final status of the execution of one manifest (the study status turns first, the execution after)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        (execution,) = executions_for(stack, {request_id})
+        if execution["status"] != "RUNNING" or time.monotonic() > deadline:
+            return str(execution["status"])
+        time.sleep(0.2)
+
+
 def manifests_of(stack: Stack, study: str) -> list[str]:
     listing = stack.client("s3").list_objects_v2(
         Bucket=stack.settings.images_bucket, Prefix=f"manifests/alpha/{study}/"
@@ -157,8 +167,8 @@ def test_failing_handler_retries_then_marks_failed(stack: Stack) -> None:
     )
     status = stack.wait_status(uids.study, ("failed",))
     assert status["failure_reason"].startswith("InstanceMissing: instance 1.2.826.0.1.3680043.10.99.1")
+    assert wait_execution(stack, manifest.request_id) == "FAILED"
     (execution,) = executions_for(stack, {manifest.request_id})
-    assert execution["status"] == "FAILED"
     history = stack.client("stepfunctions").get_execution_history(executionArn=execution["executionArn"])["events"]
     attempts = [
         e
@@ -200,8 +210,7 @@ def test_worker_killed_while_holding_a_message_study_completes_once(stack: Stack
     assert status["status"] == "completed", status
     (manifest_key,) = manifests_of(stack, uids.study)
     _, _, request_id = keys.parse_manifest_key(manifest_key)
-    (execution,) = executions_for(stack, {request_id})
-    assert execution["status"] == "SUCCEEDED"
+    assert wait_execution(stack, request_id) == "SUCCEEDED"
     result = httpx.get(f"{stack.url}/v1/studies/{uids.study}/results", headers=stack.auth).json()
     assert len(result["instances"]) == 2
 
