@@ -130,21 +130,23 @@ def run(instances: int = FULL_INSTANCES) -> dict[str, Any]:
         "gateway_vm_hwm_peak_mb": peak_kb / 1024,
         "growth_mb": (peak_kb - before_kb) / 1024,
         "peak_vs_request": peak_kb / 1024 / request_mb if request_mb else None,
+        "growth_vs_request": (peak_kb - before_kb) / 1024 / request_mb if request_mb else None,
         "target_peak_mb": TARGET_PEAK_MB,
     }
 
 
 def markdown(result: dict[str, Any]) -> str:
-    ratio = result["peak_vs_request"]
+    ratio, growth = result["peak_vs_request"], result["growth_vs_request"]
     return "\n".join(
         [
-            "| request | instances stored | gateway VmHWM before | gateway VmHWM peak | growth | peak / request "
-            "| MB/s |",
-            "|---:|---:|---:|---:|---:|---:|---:|",
+            "| request | instances stored | gateway VmHWM before | gateway VmHWM peak | growth "
+            "| growth / request | peak / request | MB/s |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|",
             f"| {result['request_mb']:.0f} MB ({result['instances']} x {result['instance_mb']:.1f} MB) "
             f"| {result['stored']}/{result['instances']} | {result['gateway_vm_hwm_before_mb']:.0f} MB "
             f"| {result['gateway_vm_hwm_peak_mb']:.0f} MB | {result['growth_mb']:.0f} MB "
-            f"| {'' if ratio is None else f'{ratio:.2f}'} | {result['mb_per_s']:.1f} |",
+            f"| {'' if growth is None else f'{growth:.3f}'} | {'' if ratio is None else f'{ratio:.2f}'} "
+            f"| {result['mb_per_s']:.1f} |",
             "",
             f"- target: peak under {result['target_peak_mb']} MB for a 1 GB request, whatever the request size",
         ]

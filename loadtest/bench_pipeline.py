@@ -24,7 +24,7 @@ from typing import Any
 
 import httpx
 
-from infra.local.emulator import emulator_process_spec
+from infra.local.emulator import emulator_process_spec, lambda_runtime_process_spec
 from infra.local.provision import provision
 from infra.local.stack import child_env, gateway_process_spec, worker_process_spec
 from infra.local.supervisor import Supervisor
@@ -143,6 +143,7 @@ class BenchStack:
             triton_http_port=_free_port(),
             triton_metrics_port=_free_port(),
             worker_poll_wait_s=1,
+            lambda_runtime_port=_free_port(),
         )
         self.url = f"http://127.0.0.1:{self.settings.http_port}"
         self.supervisor = Supervisor()
@@ -155,6 +156,7 @@ class BenchStack:
         self.supervisor.start(dataclasses.replace(emulator_process_spec(self.settings), log_path=logs / "aws.log"))
         await provision(self.settings)
         for spec in (
+            lambda_runtime_process_spec(self.settings),
             triton_process_spec(self.settings),
             gateway_process_spec(self.settings, env),
             worker_process_spec(self.settings, env),

@@ -28,9 +28,17 @@ def _finite(value: Any) -> bool:
     return isinstance(value, int | float) and math.isfinite(value)
 
 
+class _PlainLogFormatter(ticker.LogFormatter):
+    """matplotlib's choice of which log ticks to label, written as plain numbers (0.3, 1, 20)."""
+
+    def _num_to_string(self, x: float, vmin: float, vmax: float) -> str:
+        return f"{x:g}"
+
+
 def _plain(axis: Any) -> None:
-    """Tick labels as plain numbers (0.5, 1, 10), not powers of ten, on a log axis."""
+    """Tick labels as plain numbers, not powers of ten, on a log axis."""
     axis.set_major_formatter(ticker.FuncFormatter(lambda value, _pos: f"{value:g}"))
+    axis.set_minor_formatter(_PlainLogFormatter(labelOnlyBase=False))
 
 
 def _save(fig: Figure, path: Path) -> Path:
@@ -89,7 +97,8 @@ def throughput_p95(pipeline: dict[str, Any], path: Path) -> Path:
     _plain(right.yaxis)
     right.set_ylabel("p95 end-to-end latency (s, log scale)", color="tab:red")
     sustained = pipeline.get("max_sustained_rate_p95_under_1s")
-    ax.set_title(f"Throughput and p95 latency vs offered load (highest rate with p95 < 1 s: {sustained})")
+    best = "none" if sustained is None else f"{sustained:g} studies/s"
+    ax.set_title(f"Throughput and p95 latency vs offered load (highest rate with p95 < 1 s: {best})", fontsize=11)
     handles = ax.get_legend_handles_labels()[0] + right.get_legend_handles_labels()[0]
     labels = ax.get_legend_handles_labels()[1] + right.get_legend_handles_labels()[1]
     ax.legend(handles, labels, fontsize=8, loc="upper left")
@@ -157,6 +166,7 @@ PLOTS: dict[str, tuple[str, str, Callable[[dict[str, Any], Path], Path]]] = {
 def draw_all(results: dict[str, Any], out: Path) -> dict[str, str]:
     """Every PNG in :data:`PLOTS` under ``out``; returns file name -> problem for those drawn as placeholders."""
     problems: dict[str, str] = {}
+    out.mkdir(parents=True, exist_ok=True)
     for name, (section, title, draw) in PLOTS.items():
         data = results.get(section)
         reason = None

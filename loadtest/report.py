@@ -6,17 +6,22 @@ this module adds the summary, what limits each number, and failures.
 
 from __future__ import annotations
 
+import importlib
 import json
 from collections.abc import Callable
 from typing import Any
-
-from loadtest import bench_memory
 
 TITLES = {
     "inference": "Inference: in-process onnxruntime vs batcher through Triton",
     "stow": "Ingest: raw S3 PutObject vs gateway STOW-RS vs Orthanc",
     "pipeline": "Pipeline: end-to-end latency vs open-loop arrival rate",
     "memory": "Memory: gateway peak RSS on one large STOW-RS request",
+}
+MODULES = {
+    "inference": "loadtest.bench_inference",
+    "stow": "loadtest.bench_stow",
+    "pipeline": "loadtest.bench_pipeline",
+    "memory": "loadtest.bench_memory",
 }
 FIGURES = {
     "inference": ["inference.png"],
@@ -41,12 +46,14 @@ def limits(section: str, cpus: int | None) -> list[str]:
             "writes its files and SQLite index to disk (fsync), moto does not.",
         ],
         "pipeline": [
-            "The emulator: EventBridge, Step Functions and Lambda run inside moto's single Python process, "
-            "which dominates the per-study cost; absolute latencies say more about the emulator than about AWS.",
+            "The emulator: S3 notifications, EventBridge and Step Functions run inside moto's single Python "
+            "process (Lambda handlers in one local runtime process); absolute latencies say more about the "
+            "emulator than about AWS.",
             f"{cores[0].upper()}{cores[1:]} is shared by the load generator, the emulator, the gateway, the "
             "worker and Triton; the tiny model makes inference a small share of the end-to-end time.",
             "Open loop: a rate above what the stack sustains shows as growing latency and incomplete studies "
-            "(each rate's drain waits at most 60 s). Stage times include the warm-up studies.",
+            "(each rate's drain waits at most 60 s). Stage times come from telemetry over the whole run, warm-up "
+            "and every rate together, so their end_to_end is not the client-side latency of any one rate.",
         ],
         "memory": [
             "VmHWM counts the whole gateway process (interpreter, imports, buffers): the baseline before the "
@@ -114,8 +121,10 @@ def summary_rows(results: dict[str, Any]) -> list[str]:
         rates = pipe["rates"]
         last = rates[-1] if rates else {}
         offered = ", ".join(f"{r['rate_per_s']:g}" for r in rates)
+        sustained = pipe["max_sustained_rate_p95_under_1s"]
+        best = "none of the offered rates" if sustained is None else f"{sustained:g} studies/s"
         rows.append(
-            f"| pipeline | highest rate with p95 < 1 s: **{pipe['max_sustained_rate_p95_under_1s']}** studies/s "
+            f"| pipeline | highest rate with p95 < 1 s and all completed: **{best}** "
             f"| offered {offered} studies/s "
             f"| p95 at {_num(last.get('rate_per_s'), 'g')}/s: {_num(last.get('p95_ms'), '.0f', ' ms')} |"
         )
@@ -126,7 +135,8 @@ def summary_rows(results: dict[str, Any]) -> list[str]:
         rows.append(
             f"| memory | gateway peak VmHWM: {mem['gateway_vm_hwm_peak_mb']:.0f} MB "
             f"(before: {mem['gateway_vm_hwm_before_mb']:.0f} MB) | request: {mem['request_mb']:.0f} MB "
-            f"| peak / request **{_num(mem['peak_vs_request'])}** |"
+            f"| growth / request **{_num(mem.get('growth_vs_request'), '.3f')}**; peak vs {mem['target_peak_mb']} MB "
+            f"target **{mem['gateway_vm_hwm_peak_mb'] / mem['target_peak_mb']:.2f}** |"
         )
     else:
         rows.append(f"| memory | {problem} | | |")
@@ -134,16 +144,11 @@ def summary_rows(results: dict[str, Any]) -> list[str]:
 
 
 def _section_table(name: str, data: dict[str, Any]) -> str:
-    from loadtest import bench_inference, bench_pipeline, bench_stow
-
-    renderers: dict[str, Callable[[dict[str, Any]], str]] = {
-        "inference": bench_inference.markdown,
-        "stow": bench_stow.markdown,
-        "pipeline": bench_pipeline.markdown,
-        "memory": bench_memory.markdown,
-    }
+    """The section module's own ``markdown`` table; imported here, so one broken module costs only its table."""
     try:
-        return renderers[name](data)
+        module = importlib.import_module(MODULES[name])
+        render: Callable[[dict[str, Any]], str] = module.markdown
+        return render(data)
     except Exception as exc:  # a module's table must not cost the report
         slim = {k: v for k, v in data.items() if k not in ("rates",)}
         return f"(table unavailable: {type(exc).__name__}: {exc})\n\n```json\n{json.dumps(slim, indent=2)[:4000]}\n```"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import httpx
 import typer
@@ -170,6 +170,34 @@ def infer(
 
     settings = get_settings()
     raise typer.Exit(infer_files(files, triton_url or settings.triton_grpc_url, settings))
+
+
+@app.command()
+def bench(
+    quick: Annotated[bool, typer.Option("--quick", help="shorter measurements, smaller requests")] = False,
+    out: Annotated[Path, typer.Option(help="folder for report.md, results.json and the PNGs")] = Path("bench-out"),
+) -> None:
+    """Benchmark everything against its reference in one run; writes a report, JSON and plots to --out."""
+    import importlib
+    import shlex
+    import sys
+
+    from radstream.settings import PROJECT_ROOT
+
+    # loadtest/ lives in the repository and is not an installed package (pyproject installs radstream,
+    # gateway, worker and infra), so the console script cannot import it without the repository root.
+    # import_module, not an import statement: loadtest is not among the packages mypy checks.
+    if str(PROJECT_ROOT) not in sys.path:
+        sys.path.insert(0, str(PROJECT_ROOT))
+    harness = importlib.import_module("loadtest.harness")
+
+    command = "radstream " + " ".join(shlex.quote(arg) for arg in sys.argv[1:])
+    result: dict[str, Any] = harness.run_bench(out, quick=quick, command=command)
+    failed = [name for name, value in result.items() if isinstance(value, dict) and "error" in value]
+    console.print(f"report: {out / 'report.md'}  ({result['duration_s']:.0f} s)")
+    for name in failed:
+        console.print(f"[red]{name} failed[/] {result[name]['error']}")
+    raise typer.Exit(1 if failed else 0)
 
 
 def main() -> None:

@@ -36,6 +36,8 @@ class Settings(BaseSettings):
     state_machine_name: str = "radstream-pipeline"
     kms_key_id: str | None = Field(None, description="SSE-KMS key for objects; None requests SSE-S3 (AES256)")
 
+    lambda_runtime_port: int = Field(9001, description="local stack only: where Lambda handlers run")
+
     # HTTP gateway
     http_host: str = "127.0.0.1"
     http_port: int = 8080

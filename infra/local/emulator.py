@@ -33,6 +33,7 @@ def emulator_process_spec(settings: Settings) -> ProcessSpec:
         "MOTO_S3_DEFAULT_KEY_BUFFER_SIZE": str(S3_KEY_BUFFER_BYTES),
         "MOTO_PORT": str(port),  # Step Functions' service integrations call back into this server
         "AWS_DEFAULT_REGION": settings.aws_region,
+        "RADSTREAM_LAMBDA_RUNTIME_URL": f"http://127.0.0.1:{settings.lambda_runtime_port}",
     }
     return ProcessSpec(
         name="aws-emulator",
@@ -41,4 +42,16 @@ def emulator_process_spec(settings: Settings) -> ProcessSpec:
         ready=lambda: http_ok(f"{settings.aws_endpoint_url}/moto-api/data.json"),
         ready_timeout_s=30.0,
         log_path=settings.state_dir / "logs" / "aws-emulator.log",
+    )
+
+
+def lambda_runtime_process_spec(settings: Settings) -> ProcessSpec:
+    """Runs Lambda handler code for the emulator (see infra/local/lambda_runtime.py)."""
+    port = settings.lambda_runtime_port
+    return ProcessSpec(
+        name="lambda-runtime",
+        argv=[sys.executable, "-m", "infra.local.lambda_runtime", "--port", str(port)],
+        env={**os.environ, **settings_env(settings)},
+        ready=lambda: http_ok(f"http://127.0.0.1:{port}/health"),
+        ready_timeout_s=30.0,
     )

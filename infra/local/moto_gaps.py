@@ -3,10 +3,11 @@
 Run as ``python -m infra.local.moto_gaps --host H --port P``. Everything that differs from AWS lives here,
 and only here:
 
-1. Lambda: moto runs handler code only in Docker. Here ``Invoke`` imports the function's ``Handler``
-   (``worker.lambdas.validate_metadata``) and calls it in-process; an exception becomes a
-   ``FunctionError`` payload with ``errorType`` = the exception's class name, as the Lambda runtime does,
-   so Step Functions' Retry/Catch match our typed errors exactly as on AWS.
+1. Lambda: moto runs handler code only in Docker. Here ``Invoke`` sends the function's ``Handler``
+   (``worker.lambdas.validate_metadata``) and the event to the local Lambda runtime process
+   (infra/local/lambda_runtime.py); an exception comes back as a ``FunctionError`` payload with
+   ``errorType`` = the exception's class name, as the Lambda runtime does, so Step Functions'
+   Retry/Catch match our typed errors exactly as on AWS.
 2. EventBridge: moto does not deliver to Lambda targets, and applies no input transformer to S3 events.
    Here matching rules deliver to Lambda targets asynchronously with the InputTransformer applied,
    retry twice, then send the event to the target's dead-letter queue.
@@ -24,13 +25,13 @@ from __future__ import annotations
 
 import argparse
 import copy
-import importlib
 import json
 import logging
+import os
 import signal
 import threading
 import time
-import traceback
+import urllib.request
 from datetime import UTC, datetime
 from typing import Any
 
@@ -50,22 +51,25 @@ def _check_version() -> None:
 
 
 # --------------------------------------------------------------------------------------------- Lambda
-def _invoke_in_process(self: Any, event: Any = None) -> tuple[str, bool, str]:
-    module_name, _, function_name = str(self.handler).rpartition(".")
+def _invoke_remote(self: Any, event: Any = None) -> tuple[str, bool, str]:
+    """Run the function's handler in the local Lambda runtime process (infra/local/lambda_runtime.py)."""
     if isinstance(event, (str, bytes)):
         event = json.loads(event or "{}")
+    request = urllib.request.Request(  # noqa: S310 - loopback URL from settings
+        f"{os.environ['RADSTREAM_LAMBDA_RUNTIME_URL']}/invoke",
+        data=json.dumps({"handler": self.handler, "event": event if event is not None else {}}).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
     try:
-        handler = getattr(importlib.import_module(module_name), function_name)
-        result = handler(event if event is not None else {}, None)
-        return json.dumps(result), False, ""
-    except Exception as exc:
-        payload = {
-            "errorMessage": str(exc)[:1000],
-            "errorType": type(exc).__name__,
-            "stackTrace": traceback.format_tb(exc.__traceback__)[-5:],
-        }
-        log.warning("lambda %s raised %s: %s", self.function_name, type(exc).__name__, str(exc)[:300])
-        return json.dumps(payload), True, traceback.format_exc()
+        with urllib.request.urlopen(request, timeout=float(self.timeout or 300)) as response:  # noqa: S310
+            answer = json.loads(response.read())
+    except (OSError, ValueError) as exc:
+        payload = {"errorMessage": f"local Lambda runtime unreachable: {exc}", "errorType": "ServiceException"}
+        return json.dumps(payload), True, ""
+    if "error" in answer:
+        return json.dumps(answer["error"]), True, "\n".join(answer["error"].get("stackTrace", []))
+    return json.dumps(answer["result"]), False, ""
 
 
 # ------------------------------------------------------------------------------------------ EventBridge
@@ -221,7 +225,7 @@ def install() -> None:
     _check_version()
     from moto.awslambda.models import LambdaFunction
 
-    LambdaFunction._invoke_lambda = _invoke_in_process  # type: ignore[method-assign]
+    LambdaFunction._invoke_lambda = _invoke_remote  # type: ignore[method-assign]
     from moto.core.config import default_user_config
 
     default_user_config["stepfunctions"] = {"execute_state_machine": True}

@@ -13,7 +13,7 @@ import secrets
 import sys
 from pathlib import Path
 
-from infra.local.emulator import emulator_process_spec, http_ok
+from infra.local.emulator import emulator_process_spec, http_ok, lambda_runtime_process_spec
 from infra.local.processes import ProcessSpec
 from infra.local.provision import provision
 from infra.local.supervisor import StopFlag, Supervisor
@@ -67,6 +67,7 @@ def worker_process_spec(settings: Settings, env: dict[str, str]) -> ProcessSpec:
 def process_specs(settings: Settings, env: dict[str, str]) -> list[ProcessSpec]:
     """Every process after the emulator and provisioning, in start order."""
     return [
+        lambda_runtime_process_spec(settings),
         triton_process_spec(settings),
         gateway_process_spec(settings, env),
         worker_process_spec(settings, env),

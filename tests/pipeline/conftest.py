@@ -20,7 +20,7 @@ import boto3
 import httpx
 import pytest
 
-from infra.local.emulator import emulator_process_spec
+from infra.local.emulator import emulator_process_spec, lambda_runtime_process_spec
 from infra.local.processes import ProcessSpec
 from infra.local.provision import provision
 from infra.local.stack import child_env, gateway_process_spec, worker_process_spec
@@ -124,11 +124,13 @@ async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack
         worker_visibility_timeout_s=6,
         worker_max_attempts=3,
         worker_poll_wait_s=1,
+        lambda_runtime_port=free_port(),
     )
     env = child_env(settings, API_KEYS)
     stack = Stack(settings=settings, url=f"http://127.0.0.1:{settings.http_port}", logs=logs)
     for spec in (
         emulator_process_spec(settings),
+        lambda_runtime_process_spec(settings),
         triton_process_spec(settings),
         gateway_process_spec(settings, env),
         worker_process_spec(settings, env),
@@ -137,7 +139,7 @@ async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack
     stack.start("aws-emulator")
     await provision(settings)
     await provision(settings)  # idempotent: a second start does not fail
-    for name in ("triton", "gateway", "worker"):
+    for name in ("lambda-runtime", "triton", "gateway", "worker"):
         stack.start(name)
     yield stack
     for name in reversed(list(stack.supervisors)):

@@ -250,7 +250,13 @@ def test_no_phi_in_telemetry_or_logs(stack: Stack) -> None:
     for value in phi:
         assert value not in text
     logs = list(stack.logs.glob("*.log"))
-    assert {p.name for p in logs} >= {"aws-emulator.log", "gateway.log", "worker.log", "triton.log"}
+    assert {p.name for p in logs} >= {
+        "aws-emulator.log",
+        "lambda-runtime.log",
+        "gateway.log",
+        "worker.log",
+        "triton.log",
+    }
     for path in logs:
         content = path.read_text(errors="replace")
         for value in phi:
