@@ -17,7 +17,7 @@ from radstream import aws
 from radstream.settings import Settings
 from radstream.status import StatusStore
 from radstream.storage import ObjectStore
-from radstream.telemetry import Telemetry
+from radstream.telemetry import BufferedTelemetry, Telemetry
 
 
 @dataclass
@@ -41,7 +41,9 @@ async def build_services(settings: Settings, keyring: KeyRing, metrics: Metrics)
         )
         ddb = await stack.enter_async_context(session.client("dynamodb", **aws.client_kwargs(settings)))
         kinesis = await stack.enter_async_context(session.client("kinesis", **aws.client_kwargs(settings)))
-        telemetry = Telemetry(kinesis, settings.telemetry_stream)
+        telemetry = BufferedTelemetry(Telemetry(kinesis, settings.telemetry_stream))
+        await telemetry.start()
+        stack.push_async_callback(telemetry.close)
         images = ObjectStore(s3, settings.images_bucket, kms_key_id=settings.kms_key_id)
         results = ObjectStore(s3, settings.results_bucket, kms_key_id=settings.kms_key_id)
         status = StatusStore(ddb, settings.status_table)

@@ -41,7 +41,7 @@ REQUEST_TIMEOUT_S = 600.0
 TARGET_PEAK_MB = 300  # what tests/gateway/test_limits.py holds the 1 GB request to
 BOUNDARY = "RadStreamBenchMemory0123456789"
 TENANT = "bench"
-MB = 1024 * 1024
+MB = 1024 * 1024  # every "_mb" figure is in MiB, like the kB (KiB) /proc reports
 
 
 def _free_port() -> int:
@@ -140,15 +140,15 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(
         [
             "| request | instances stored | gateway VmHWM before | gateway VmHWM peak | growth "
-            "| growth / request | peak / request | MB/s |",
+            "| growth / request | peak / request | MiB/s |",
             "|---:|---:|---:|---:|---:|---:|---:|---:|",
-            f"| {result['request_mb']:.0f} MB ({result['instances']} x {result['instance_mb']:.1f} MB) "
-            f"| {result['stored']}/{result['instances']} | {result['gateway_vm_hwm_before_mb']:.0f} MB "
-            f"| {result['gateway_vm_hwm_peak_mb']:.0f} MB | {result['growth_mb']:.0f} MB "
+            f"| {result['request_mb']:.0f} MiB ({result['instances']} x {result['instance_mb']:.1f} MiB) "
+            f"| {result['stored']}/{result['instances']} | {result['gateway_vm_hwm_before_mb']:.0f} MiB "
+            f"| {result['gateway_vm_hwm_peak_mb']:.0f} MiB | {result['growth_mb']:.0f} MiB "
             f"| {'' if growth is None else f'{growth:.3f}'} | {'' if ratio is None else f'{ratio:.2f}'} "
             f"| {result['mb_per_s']:.1f} |",
             "",
-            f"- target: peak under {result['target_peak_mb']} MB for a 1 GB request, whatever the request size",
+            f"- target: peak under {result['target_peak_mb']} MiB for a 1 GB request, whatever the request size",
         ]
     )
 

@@ -24,11 +24,10 @@ from typing import Any
 
 import httpx
 
-from infra.local.emulator import emulator_process_spec, lambda_runtime_process_spec
+from infra.local.emulator import emulator_process_spec
 from infra.local.provision import provision
-from infra.local.stack import child_env, gateway_process_spec, worker_process_spec
+from infra.local.stack import child_env, isolated_settings, process_specs
 from infra.local.supervisor import Supervisor
-from infra.local.triton import triton_process_spec
 from radstream import synthetic
 from radstream.settings import Settings
 from radstream.stats import download_datalake, run_queries
@@ -40,14 +39,6 @@ QUICK_SECONDS = 6.0
 DRAIN_TIMEOUT_S = 60.0
 API_KEY = "bench-key-0123456789abcdefghijkl"
 BOUNDARY = "RadStreamBench"
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -133,18 +124,7 @@ class BenchStack:
     """The embedded stack on free ports, started with the same specs `radstream up` uses."""
 
     def __init__(self, state: Path) -> None:
-        self.settings = Settings(
-            aws_endpoint_url=f"http://127.0.0.1:{_free_port()}",
-            api_keys=f"bench:{API_KEY}",
-            http_port=_free_port(),
-            state_dir=state,
-            api_key_file=state / "api-key",
-            triton_grpc_url=f"127.0.0.1:{_free_port()}",
-            triton_http_port=_free_port(),
-            triton_metrics_port=_free_port(),
-            worker_poll_wait_s=1,
-            lambda_runtime_port=_free_port(),
-        )
+        self.settings = isolated_settings(state, f"bench:{API_KEY}", worker_poll_wait_s=1)
         self.url = f"http://127.0.0.1:{self.settings.http_port}"
         self.supervisor = Supervisor()
 
@@ -155,12 +135,7 @@ class BenchStack:
         env = child_env(self.settings, f"bench:{API_KEY}")
         self.supervisor.start(dataclasses.replace(emulator_process_spec(self.settings), log_path=logs / "aws.log"))
         await provision(self.settings)
-        for spec in (
-            lambda_runtime_process_spec(self.settings),
-            triton_process_spec(self.settings),
-            gateway_process_spec(self.settings, env),
-            worker_process_spec(self.settings, env),
-        ):
+        for spec in process_specs(self.settings, env):
             self.supervisor.start(dataclasses.replace(spec, log_path=logs / f"{spec.name}.log"))
         return self
 
@@ -183,7 +158,7 @@ async def _stage_breakdown(settings: Settings) -> dict[str, dict[str, float]]:
 async def run_async(quick: bool = False) -> dict[str, Any]:
     rates = QUICK_RATES if quick else FULL_RATES
     seconds = QUICK_SECONDS if quick else FULL_SECONDS
-    rows = []
+    rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="radstream-bench-") as tmp:
         async with BenchStack(Path(tmp)) as stack:
             await _open_loop(stack.url, 2.0, 2.0)  # warm-up (imports, first Triton batch)

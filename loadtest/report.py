@@ -58,8 +58,9 @@ def limits(section: str, cpus: int | None) -> list[str]:
         "memory": [
             "VmHWM counts the whole gateway process (interpreter, imports, buffers): the baseline before the "
             "request is shown. The emulator's memory, which holds the stored objects, is not counted.",
-            f"The body is generated while it is sent, on {cores} shared with moto and the gateway, so MB/s "
-            "includes generating it; the smaller quick/tiny requests show the same bound, not the 1 GB case.",
+            f"The body is generated while it is sent, on {cores} shared with moto and the gateway, so MiB/s "
+            "includes generating it. Quick and tiny runs send a smaller request (about 190 MiB and 50 MiB); only "
+            "the full run sends the 1 GB one.",
         ],
     }[section]
 
@@ -133,9 +134,9 @@ def summary_rows(results: dict[str, Any]) -> list[str]:
 
     if (problem := _state(mem)) is None:
         rows.append(
-            f"| memory | gateway peak VmHWM: {mem['gateway_vm_hwm_peak_mb']:.0f} MB "
-            f"(before: {mem['gateway_vm_hwm_before_mb']:.0f} MB) | request: {mem['request_mb']:.0f} MB "
-            f"| growth / request **{_num(mem.get('growth_vs_request'), '.3f')}**; peak vs {mem['target_peak_mb']} MB "
+            f"| memory | gateway peak VmHWM: {mem['gateway_vm_hwm_peak_mb']:.0f} MiB "
+            f"(before: {mem['gateway_vm_hwm_before_mb']:.0f} MiB) | request: {mem['request_mb']:.0f} MiB "
+            f"| growth / request **{_num(mem.get('growth_vs_request'), '.3f')}**; peak vs {mem['target_peak_mb']} MiB "
             f"target **{mem['gateway_vm_hwm_peak_mb'] / mem['target_peak_mb']:.2f}** |"
         )
     else:

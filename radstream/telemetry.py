@@ -7,6 +7,7 @@ model has no field for them, and ``reason`` strings are built by our code from e
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import uuid
@@ -73,3 +74,48 @@ class Telemetry:
                 pending = [rec for rec, res in zip(pending, response["Records"], strict=True) if "ErrorCode" in res]
             await asyncio.sleep(0.05 * 2**attempt)
         log.error("dropped %d telemetry records after %d attempts", len(pending), MAX_ATTEMPTS)
+
+
+class BufferedTelemetry:
+    """Collects events and sends them in one ``PutRecords`` call per interval (or when the buffer fills),
+    off the request path. For long-running services (the gateway); ``close`` flushes what is left."""
+
+    def __init__(self, telemetry: Telemetry, *, interval_s: float = 0.25, max_buffer: int = 10_000) -> None:
+        self._telemetry = telemetry
+        self._interval_s = interval_s
+        self._max_buffer = max_buffer
+        self._buffer: list[TelemetryEvent] = []
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.dropped = 0
+
+    def emit(self, *events: TelemetryEvent) -> None:
+        room = self._max_buffer - len(self._buffer)
+        if room < len(events):
+            self.dropped += len(events) - max(room, 0)
+            log.warning("telemetry buffer full: %d events dropped so far", self.dropped)
+        self._buffer.extend(events[: max(room, 0)])
+        if len(self._buffer) >= MAX_RECORDS_PER_CALL:
+            self._wake.set()
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name="telemetry-flush")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self.flush()
+
+    async def flush(self) -> None:
+        events, self._buffer = self._buffer, []
+        if events:
+            await self._telemetry.emit(*events)
+
+    async def _loop(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._interval_s)
+            self._wake.clear()
+            await self.flush()

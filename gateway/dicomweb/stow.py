@@ -37,7 +37,7 @@ from radstream.manifest import Manifest, ManifestInstance
 from radstream.settings import Settings
 from radstream.status import StatusStore, utcnow
 from radstream.storage import ObjectStore, PutOutcome, StorageError
-from radstream.telemetry import Telemetry, TelemetryEvent
+from radstream.telemetry import BufferedTelemetry, TelemetryEvent
 
 log = logging.getLogger("radstream.stow")
 
@@ -140,10 +140,14 @@ class _Spool:
 
 class StowService:
     def __init__(
-        self, settings: Settings, images: ObjectStore, status: StatusStore, metrics: Metrics, telemetry: Telemetry
+        self,
+        settings: Settings,
+        images: ObjectStore,
+        status: StatusStore,
+        metrics: Metrics,
+        telemetry: BufferedTelemetry,
     ) -> None:
         self._telemetry = telemetry
-        self._background: set[asyncio.Task[None]] = set()
         self._settings = settings
         self._images = images
         self._status = status
@@ -220,9 +224,9 @@ class StowService:
         return outcome
 
     def _emit(self, tenant: str, outcome: StowOutcome, commit_ms: float) -> None:
-        """Telemetry off the response path; bounded, dropped (and counted in logs) when saturated."""
+        """Telemetry off the response path (buffered, bounded; see BufferedTelemetry)."""
         studies = {s.header.study_instance_uid for s in outcome.stored if s.created}
-        if not studies or len(self._background) >= 256:
+        if not studies:
             return
         events = [
             TelemetryEvent(
@@ -235,9 +239,7 @@ class StowService:
             )
             for study in studies
         ]
-        task = asyncio.create_task(self._telemetry.emit(*events))
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        self._telemetry.emit(*events)
 
     async def _store_part(
         self, tenant: str, path_study_uid: str | None, spool: _Spool, slots: asyncio.Semaphore
@@ -306,11 +308,12 @@ class StowService:
         written: list[str] = []
         try:
             for study, instances in by_study.items():
-                await self._status.record_received(tenant, study)
                 request_id = f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:12]}"
                 key = keys.manifest_key(tenant, study, request_id)
-                await self._images.put_json(key, _manifest(tenant, study, request_id, instances))
+                # The status row must exist before the manifest starts the pipeline.
+                await self._status.record_received(tenant, study)
                 written.append(key)
+                await self._images.put_json(key, _manifest(tenant, study, request_id, instances))
                 outcome.manifest_key = key
         except (StorageUnavailable, StorageError) as exc:
             log.error("manifest for %d instances not written, rolling back: %s", len(created), exc)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,3 +23,11 @@ class ProcessSpec:
     ready_timeout_s: float = 60.0
     cwd: str | None = None
     log_path: Path | None = None  # stdout and stderr go here instead of the terminal
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free right now (for stacks started side by side: tests, benchmarks)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from infra.local.emulator import emulator_process_spec, http_ok, lambda_runtime_process_spec
-from infra.local.processes import ProcessSpec
+from infra.local.processes import ProcessSpec, free_port
 from infra.local.provision import provision
 from infra.local.supervisor import StopFlag, Supervisor
 from infra.local.triton import triton_process_spec
@@ -72,6 +72,24 @@ def process_specs(settings: Settings, env: dict[str, str]) -> list[ProcessSpec]:
         gateway_process_spec(settings, env),
         worker_process_spec(settings, env),
     ]
+
+
+def isolated_settings(state_dir: Path, api_keys: str, **overrides: object) -> Settings:
+    """Settings for a complete stack on free loopback ports with its own state folder, so several stacks
+    (tests, benchmarks, `radstream up`) can run side by side."""
+    values: dict[str, object] = {
+        "aws_endpoint_url": f"http://127.0.0.1:{free_port()}",
+        "api_keys": api_keys,
+        "http_port": free_port(),
+        "state_dir": state_dir,
+        "api_key_file": state_dir / "api-key",
+        "triton_grpc_url": f"127.0.0.1:{free_port()}",
+        "triton_http_port": free_port(),
+        "triton_metrics_port": free_port(),
+        "lambda_runtime_port": free_port(),
+        **overrides,
+    }
+    return Settings(**values)  # type: ignore[arg-type]
 
 
 def run(settings: Settings) -> int:

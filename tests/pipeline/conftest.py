@@ -20,14 +20,13 @@ import boto3
 import httpx
 import pytest
 
-from infra.local.emulator import emulator_process_spec, lambda_runtime_process_spec
+from infra.local.emulator import emulator_process_spec
 from infra.local.processes import ProcessSpec
 from infra.local.provision import provision
-from infra.local.stack import child_env, gateway_process_spec, worker_process_spec
+from infra.local.stack import child_env, isolated_settings, process_specs
 from infra.local.supervisor import Supervisor
-from infra.local.triton import triton_process_spec
 from radstream.settings import Settings
-from tests.conftest import API_KEYS, KEY_ALPHA, free_port
+from tests.conftest import API_KEYS, KEY_ALPHA
 
 PIPELINE_TIMEOUT_S = 90
 
@@ -111,35 +110,22 @@ def _logged(spec: ProcessSpec, logs: Path) -> ProcessSpec:
 async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
     state = tmp_path_factory.mktemp("pipeline")
     logs = state / "logs"
-    settings = Settings(
-        aws_endpoint_url=f"http://127.0.0.1:{free_port()}",
-        api_keys=API_KEYS,
-        http_port=free_port(),
-        state_dir=state,
-        api_key_file=state / "api-key",
-        triton_grpc_url=f"127.0.0.1:{free_port()}",
-        triton_http_port=free_port(),
-        triton_metrics_port=free_port(),
+    settings = isolated_settings(
+        state,
+        API_KEYS,
         triton_request_timeout_s=3.0,
         worker_visibility_timeout_s=6,
         worker_max_attempts=3,
         worker_poll_wait_s=1,
-        lambda_runtime_port=free_port(),
     )
     env = child_env(settings, API_KEYS)
     stack = Stack(settings=settings, url=f"http://127.0.0.1:{settings.http_port}", logs=logs)
-    for spec in (
-        emulator_process_spec(settings),
-        lambda_runtime_process_spec(settings),
-        triton_process_spec(settings),
-        gateway_process_spec(settings, env),
-        worker_process_spec(settings, env),
-    ):
+    for spec in (emulator_process_spec(settings), *process_specs(settings, env)):
         stack.specs[spec.name] = _logged(spec, logs)
     stack.start("aws-emulator")
     await provision(settings)
     await provision(settings)  # idempotent: a second start does not fail
-    for name in ("lambda-runtime", "triton", "gateway", "worker"):
+    for name in list(stack.specs)[1:]:
         stack.start(name)
     yield stack
     for name in reversed(list(stack.supervisors)):
