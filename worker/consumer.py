@@ -155,7 +155,12 @@ class InferenceWorker:
         except InvalidMessage as exc:
             token = token_of(message["Body"])
             if token is None:
+                # Visible again soon, so the queue's redrive policy moves it to the DLQ after N receives.
                 log.error("unparseable message left for the dead-letter queue: %s", exc)
+                with contextlib.suppress(Exception):
+                    await self.sqs.change_message_visibility(
+                        QueueUrl=self.queue_url, ReceiptHandle=receipt, VisibilityTimeout=1
+                    )
                 return
             await self._finish(receipt, token, error=("InferenceFailed", str(exc)))
             return

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import signal
 import time
 
 import httpx
@@ -201,9 +203,6 @@ def test_worker_killed_while_holding_a_message_study_completes_once(stack: Stack
         assert time.monotonic() < deadline, "the worker never received the message"
         time.sleep(0.2)
     stack.kill("worker")
-    import os
-    import signal
-
     os.kill(triton_paused, signal.SIGCONT)
     stack.start("worker")  # a fresh worker gets the message after its visibility timeout
     status = stack.wait_status(uids.study, ("completed", "failed"))
@@ -221,9 +220,6 @@ def test_triton_down_then_back_completes(stack: Stack, triton_paused: int) -> No
     send(stack, datasets)
     time.sleep(5)  # at least one attempt times out against the silent server
     assert stack.status(uids.study)["status"] == "processing"
-    import os
-    import signal
-
     os.kill(triton_paused, signal.SIGCONT)
     status = stack.wait_status(uids.study, ("completed", "failed"))
     assert status["status"] == "completed", status
@@ -261,3 +257,37 @@ def test_no_phi_in_telemetry_or_logs(stack: Stack) -> None:
         content = path.read_text(errors="replace")
         for value in phi:
             assert value not in content, f"{value!r} found in {path.name}"
+
+
+def test_sigterm_lets_the_worker_finish_what_it_holds(stack: Stack, triton_paused: int) -> None:
+    uids, datasets = ct_study(1)
+    send(stack, datasets)
+    deadline = time.monotonic() + 30
+    while _in_flight(stack) == 0:
+        assert time.monotonic() < deadline, "the worker never received the message"
+        time.sleep(0.2)
+    supervisor = stack.supervisors.pop("worker")
+    _, proc = supervisor.children[0]
+    proc.send_signal(signal.SIGTERM)  # stop taking messages, finish the one held
+    os.kill(triton_paused, signal.SIGCONT)
+    assert proc.wait(timeout=60) == 0
+    supervisor.children.clear()
+    try:
+        status = stack.status(uids.study)
+        assert status["status"] == "completed", status  # finished by the stopping worker, no one else
+    finally:
+        stack.start("worker")
+
+
+def test_unparseable_message_goes_to_the_dead_letter_queue(stack: Stack) -> None:
+    sqs = stack.client("sqs")
+    queue = sqs.get_queue_url(QueueName=stack.settings.inference_queue)["QueueUrl"]
+    dlq = sqs.get_queue_url(QueueName=f"{stack.settings.inference_queue}-dlq")["QueueUrl"]
+    marker = f"poison-{time.time_ns()}"
+    sqs.send_message(QueueUrl=queue, MessageBody=marker)
+    deadline = time.monotonic() + 60
+    while True:
+        got = sqs.receive_message(QueueUrl=dlq, MaxNumberOfMessages=10, WaitTimeSeconds=1).get("Messages", [])
+        if any(m["Body"] == marker for m in got):
+            break
+        assert time.monotonic() < deadline, "poison message never reached the DLQ"
