@@ -32,7 +32,8 @@ from radstream import synthetic
 from radstream.settings import Settings
 from radstream.stats import download_datalake, run_queries
 
-FULL_RATES = (2.0, 5.0, 10.0, 20.0, 35.0, 50.0)
+FULL_RATES = (1.0, 2.0, 3.0, 4.0, 5.0, 7.0, 10.0, 20.0, 35.0, 50.0)
+SATURATED_P95_MS = 5000.0  # beyond this (or with studies left incomplete) higher rates are not run
 QUICK_RATES = (2.0, 5.0)
 FULL_SECONDS = 20.0
 QUICK_SECONDS = 6.0
@@ -183,12 +184,18 @@ async def run_async(quick: bool = False) -> dict[str, Any]:
                     }
                 )
                 print(_row_text(rows[-1]), flush=True)
+                if incomplete or errors or rows[-1]["p95_ms"] > SATURATED_P95_MS:
+                    skipped = [r for r in rates if r > rate]
+                    if skipped:
+                        print(f"saturated at {rate}/s: not running {skipped}", flush=True)
+                    break
                 await asyncio.sleep(2)
             await asyncio.sleep(2)  # the last Firehose delivery
             stages = await _stage_breakdown(stack.settings)
     sustained = [r["rate_per_s"] for r in rows if r["incomplete"] == 0 and r["stow_errors"] == 0 and r["p95_ms"] < 1000]
     return {
         "rates": rows,
+        "rates_not_run": [r for r in rates if r > rows[-1]["rate_per_s"]] if rows else list(rates),
         "stages": stages,
         "max_sustained_rate_p95_under_1s": max(sustained) if sustained else None,
     }
@@ -208,6 +215,7 @@ def markdown(result: dict[str, Any]) -> str:
         *[_row_text(r) for r in result["rates"]],
         "",
         f"Highest rate with p95 under 1 s and every study completed: {result['max_sustained_rate_p95_under_1s']}",
+        f"Rates not run (the previous one saturated the stack): {result.get('rates_not_run') or 'none'}",
         "",
         "| stage | events | p50 ms | p95 ms | p99 ms |",
         "|---|---:|---:|---:|---:|",
