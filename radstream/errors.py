@@ -51,11 +51,6 @@ class UnsupportedMediaType(RadStreamError):
     error = "unsupported_media_type"
 
 
-class TooManyRequests(RadStreamError):
-    status_code = 429
-    error = "too_many_requests"
-
-
 class StorageUnavailable(RadStreamError):
     """The object store or status table did not answer; the client should retry later."""
 

@@ -120,8 +120,8 @@ class ObjectStore:
         )
 
     async def get_bytes(self, key: str) -> bytes:
-        chunks = [chunk async for chunk in self.stream(key)]
-        return b"".join(chunks)
+        _, chunks = await self.open_stream(key)
+        return b"".join([chunk async for chunk in chunks])
 
     async def open_stream(self, key: str, chunk_bytes: int = 256 * 1024) -> tuple[int, AsyncIterator[bytes]]:
         """(size, iterator over the body) of ``key``; NotFound when missing. The body is not buffered."""
@@ -143,11 +143,6 @@ class ObjectStore:
                 body.close()
 
         return int(response["ContentLength"]), chunks()
-
-    async def stream(self, key: str) -> AsyncIterator[bytes]:
-        _, chunks = await self.open_stream(key)
-        async for chunk in chunks:
-            yield chunk
 
     async def list_keys(self, prefix: str) -> list[str]:
         keys: list[str] = []

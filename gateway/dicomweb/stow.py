@@ -28,7 +28,6 @@ from radstream.dicom import (
     DicomPartError,
     FailureReason,
     InstanceHeader,
-    WarningReason,
     read_header,
     starts_with_file_meta,
 )
@@ -43,7 +42,7 @@ log = logging.getLogger("radstream.stow")
 
 DICOM_MEDIA_TYPE = "application/dicom"
 PART10_PREAMBLE = b"\x00" * 128 + b"DICM"
-PREAMBLE_PROBE = b"\x02\x00\x00\x00UL"  # only its length matters: enough bytes to recognise group 0002
+PREAMBLE_PROBE_BYTES = 6  # enough to recognise a File Meta element (group 0002) at the start
 
 
 @dataclass
@@ -118,7 +117,7 @@ class _Spool:
     def write(self, data: bytes) -> None:
         if self._head is not None:
             self._head += data
-            if len(self._head) < len(PREAMBLE_PROBE):
+            if len(self._head) < PREAMBLE_PROBE_BYTES:
                 return
             data, self._head = self._head, None
             if starts_with_file_meta(data):
@@ -162,6 +161,7 @@ class StowService:
         content_length: int | None,
         body: AsyncIterator[bytes],
     ) -> StowOutcome:
+        started = time.perf_counter()
         boundary = parse_media_type(content_type)
         limit = self._settings.max_upload_bytes
         if content_length is not None and content_length > limit:
@@ -217,13 +217,12 @@ class StowService:
                 outcome.stored.append(result)
             else:
                 outcome.failed.append(result)
-        started = time.perf_counter()
         await self._commit(tenant, outcome)
         self._metrics.record_stow(outcome)
         self._emit(tenant, outcome, (time.perf_counter() - started) * 1e3)
         return outcome
 
-    def _emit(self, tenant: str, outcome: StowOutcome, commit_ms: float) -> None:
+    def _emit(self, tenant: str, outcome: StowOutcome, request_ms: float) -> None:
         """Telemetry off the response path (buffered, bounded; see BufferedTelemetry)."""
         studies = {s.header.study_instance_uid for s in outcome.stored if s.created}
         if not studies:
@@ -233,7 +232,7 @@ class StowService:
                 stage="stow",
                 tenant=tenant,
                 study_uid=study,
-                duration_ms=commit_ms,
+                duration_ms=request_ms,
                 instances=sum(1 for s in outcome.stored if s.created and s.header.study_instance_uid == study),
                 outcome="ok" if not outcome.failed else "failed",
             )
@@ -358,7 +357,3 @@ def _manifest(tenant: str, study: str, request_id: str, instances: list[StoredIn
         ],
     )
     return manifest.model_dump(mode="json")
-
-
-def warning_items(header: InstanceHeader) -> list[WarningReason]:
-    return [reason for reason, _ in header.warnings]
