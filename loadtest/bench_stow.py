@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import dataclasses
 import hashlib
 import json
@@ -259,6 +260,7 @@ async def raw_puts(settings: Settings, parts: list[bytes], servers: dict[str, in
                 ContentLength=len(data),
                 ContentType="application/dicom",
                 Metadata={"sha256": sha256},
+                ChecksumSHA256=base64.b64encode(bytes.fromhex(sha256)).decode(),
                 IfNoneMatch="*",
                 ServerSideEncryption="AES256",
             )

@@ -30,7 +30,9 @@ def client_kwargs(settings: Settings, *, max_pool_connections: int = 64) -> dict
         read_timeout=settings.aws_read_timeout_s,
         retries={"max_attempts": settings.aws_max_attempts, "mode": "standard"},
         max_pool_connections=max_pool_connections,
-        s3={"addressing_style": "path"},
+        # The body's integrity is carried by x-amz-checksum-sha256 (ObjectStore.put_once), which S3
+        # verifies; signing the payload as well would hash every body a second time.
+        s3={"addressing_style": "path", "payload_signing_enabled": False},
         request_checksum_calculation="when_required",
         response_checksum_validation="when_required",
     )

@@ -6,6 +6,7 @@ and the answer always says what is in the bucket now: created, identical (same S
 
 from __future__ import annotations
 
+import base64
 import enum
 import json
 from collections.abc import AsyncIterator
@@ -79,6 +80,7 @@ class ObjectStore:
                 ContentLength=size,
                 ContentType=content_type,
                 Metadata={SHA256_METADATA_KEY: sha256},
+                ChecksumSHA256=base64.b64encode(bytes.fromhex(sha256)).decode(),
                 IfNoneMatch="*",
                 **self._encryption(),
             )
