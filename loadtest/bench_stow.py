@@ -33,8 +33,6 @@ import hashlib
 import json
 import os
 import secrets
-import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -50,9 +48,11 @@ from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
 from infra.local.emulator import emulator_process_spec
+from infra.local.processes import free_port
 from infra.local.provision import provision
 from infra.local.stack import child_env, gateway_process_spec
 from infra.local.supervisor import Supervisor
+from loadtest.orthanc import NETNS, OrthancUnavailable, orthanc_process
 from radstream import aws
 from radstream.settings import PROJECT_ROOT, Settings
 from radstream.synthetic import StudyUids, ct_slice, to_bytes
@@ -66,12 +66,7 @@ ROWS = COLS = 512
 REQUEST_TIMEOUT_S = 300.0
 ORTHANC_READY_TIMEOUT_S = 60.0
 ORTHANC_CLIENT_TIMEOUT_S = 600.0
-NETNS = "rsbench"
 BENCH_TENANT = "bench"
-ORTHANC_PLUGIN_CANDIDATES = (
-    Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so"),
-    Path("/usr/lib/orthanc/libOrthancDicomWeb.so.1.7"),
-)
 MB = 1_000_000
 T = TypeVar("T")
 
@@ -278,13 +273,6 @@ def median_run(runs: list[Measurement]) -> dict[str, Any]:
 # --- RadStream: moto + gateway, started like tests/conftest.py ----------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 # uvicorn re-raises SIGTERM after its graceful shutdown, which would kill `python -m cProfile` before it
 # writes anything; this runner turns SIGTERM into SystemExit and dumps the profile on the way out.
 _PROFILE_RUNNER = """
@@ -370,76 +358,7 @@ def bench_radstream(maker: StudyMaker, repeats: int, profile_path: Path | None, 
     return {"raw_put": median_run(raw), "radstream": median_run(gateway)}
 
 
-# --- Orthanc in a loopback-only network namespace -----------------------------------------------------
-
-
-class OrthancUnavailable(RuntimeError):
-    pass
-
-
-def orthanc_config(work: Path, http_port: int, plugin: Path) -> dict[str, Any]:
-    return {
-        "Name": "rsbench",
-        "StorageDirectory": str(work / "storage"),
-        "IndexDirectory": str(work / "index"),  # SQLite index on disk: Orthanc's default
-        "StorageCompression": False,
-        "SyncStorageArea": True,  # Orthanc's default: fsync() every file it writes
-        "HttpPort": http_port,
-        "DicomPort": free_port(),
-        "RemoteAccessAllowed": False,
-        "AuthenticationEnabled": False,
-        "Plugins": [str(plugin)],
-        "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
-    }
-
-
-def _netns(*argv: str) -> None:
-    subprocess.run(["ip", "netns", *argv], check=True, capture_output=True, timeout=30)
-
-
-@contextmanager
-def orthanc_process(work: Path) -> Iterator[tuple[int, int, dict[str, Any]]]:
-    """Orthanc in namespace ``NETNS``: (PID, HTTP port, notes); stopped by PID, namespace removed, on exit."""
-    binary = shutil.which("Orthanc") or ("/usr/sbin/Orthanc" if Path("/usr/sbin/Orthanc").exists() else None)
-    plugin = next((p for p in ORTHANC_PLUGIN_CANDIDATES if p.exists()), None)
-    if binary is None or plugin is None:
-        raise OrthancUnavailable(
-            "Orthanc or its DICOMweb plugin is not installed (apt-get install orthanc orthanc-dicomweb)"
-        )
-    if os.geteuid() != 0 or shutil.which("ip") is None:
-        raise OrthancUnavailable("creating a network namespace needs root and iproute2")
-    port = 8042
-    config = orthanc_config(work, port, plugin)
-    (work / "orthanc.json").write_text(json.dumps(config, indent=2))
-    version = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=10).stdout.split("\n")[0]
-    try:
-        _netns("add", NETNS)
-    except subprocess.CalledProcessError as exc:
-        raise OrthancUnavailable(f"ip netns add failed: {exc.stderr.decode().strip()}") from exc
-    process: subprocess.Popen[bytes] | None = None
-    try:
-        _netns("exec", NETNS, "ip", "link", "set", "lo", "up")
-        with (work / "orthanc.log").open("wb") as log:
-            # `ip netns exec` execs the command in place, so the PID is Orthanc's own.
-            process = subprocess.Popen(
-                ["ip", "netns", "exec", NETNS, binary, str(work / "orthanc.json")], stdout=log, stderr=log
-            )
-        notes = {
-            "version": " ".join([Path(version.split()[0]).name, *version.split()[1:]]) if version else "?",
-            "plugin": str(plugin),
-            "index": "SQLite index on disk; files on disk, uncompressed, fsync()ed (moto keeps objects in RAM)",
-            "config": {k: v for k, v in config.items() if k not in ("StorageDirectory", "IndexDirectory")},
-        }
-        yield process.pid, port, notes
-    finally:
-        if process is not None and process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        _netns("delete", NETNS)
+# --- Orthanc in a loopback-only network namespace (loadtest/orthanc.py) ---------------------------------
 
 
 def bench_orthanc(count: int, repeats: int) -> dict[str, Any]:
