@@ -20,7 +20,6 @@ import asyncio
 import json
 import os
 import platform
-import socket
 import subprocess
 import tempfile
 import time
@@ -33,6 +32,7 @@ import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 
+from infra.local.processes import free_port
 from infra.local.triton import triton_process_spec
 from radstream.settings import PROJECT_ROOT, Settings
 from worker.inference.batcher import Batcher
@@ -45,21 +45,14 @@ MODEL_REPOSITORY = PROJECT_ROOT / "triton" / "models"
 MODEL_NAME = "lesion_detector"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @contextmanager
 def local_triton(model_repository: Path = MODEL_REPOSITORY) -> Iterator[str]:
     """Start tritonserver through the local launcher; stop it (by PID) on exit."""
     with tempfile.TemporaryDirectory(prefix="radstream-bench-") as state:
         settings = Settings(
-            triton_grpc_url=f"127.0.0.1:{_free_port()}",
-            triton_http_port=_free_port(),
-            triton_metrics_port=_free_port(),
+            triton_grpc_url=f"127.0.0.1:{free_port()}",
+            triton_http_port=free_port(),
+            triton_metrics_port=free_port(),
             model_repository=model_repository,
             state_dir=Path(state),
         )

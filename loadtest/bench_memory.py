@@ -15,7 +15,6 @@ import asyncio
 import dataclasses
 import json
 import secrets
-import socket
 import tempfile
 import time
 from collections.abc import Iterator
@@ -28,10 +27,9 @@ from pydicom.uid import generate_uid
 
 from infra.local.emulator import emulator_process_spec
 from infra.local.provision import provision
-from infra.local.stack import child_env, gateway_process_spec
+from infra.local.stack import child_env, gateway_process_spec, isolated_settings
 from infra.local.supervisor import Supervisor
 from radstream import synthetic
-from radstream.settings import Settings
 
 FULL_INSTANCES = 100  # about 1 GB
 QUICK_INSTANCES = 20  # about 200 MB
@@ -42,13 +40,6 @@ TARGET_PEAK_MB = 300  # what tests/gateway/test_limits.py holds the 1 GB request
 BOUNDARY = "RadStreamBenchMemory0123456789"
 TENANT = "bench"
 MB = 1024 * 1024  # every "_mb" figure is in MiB, like the kB (KiB) /proc reports
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def vm_hwm_kb(pid: int) -> int:
@@ -86,13 +77,7 @@ def run(instances: int = FULL_INSTANCES) -> dict[str, Any]:
     supervisor = Supervisor()
     with tempfile.TemporaryDirectory(prefix="radstream-bench-memory-") as tmp:
         state = Path(tmp)
-        settings = Settings(
-            aws_endpoint_url=f"http://127.0.0.1:{_free_port()}",
-            api_keys=f"{TENANT}:{key}",
-            http_port=_free_port(),
-            state_dir=state,
-            api_key_file=state / "api-key",
-        )
+        settings = isolated_settings(state, f"{TENANT}:{key}")
         try:
             logs = state / "logs"
             supervisor.start(dataclasses.replace(emulator_process_spec(settings), log_path=logs / "aws.log"))

@@ -48,9 +48,8 @@ from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
 from infra.local.emulator import emulator_process_spec
-from infra.local.processes import free_port
 from infra.local.provision import provision
-from infra.local.stack import child_env, gateway_process_spec
+from infra.local.stack import child_env, gateway_process_spec, isolated_settings
 from infra.local.supervisor import Supervisor
 from loadtest.orthanc import NETNS, OrthancUnavailable, orthanc_process
 from radstream import aws
@@ -299,37 +298,20 @@ def profiled_argv(argv: list[str], profile_path: Path) -> list[str]:
     return [argv[0], "-c", _PROFILE_RUNNER, str(profile_path), *argv[3:]]
 
 
-async def disable_pipeline_trigger(settings: Settings) -> None:
-    """Remove the images bucket's EventBridge notifications, so no manifest starts the pipeline.
-
-    The emulator runs EventBridge, Lambda and Step Functions in moto's own process: left on, every STOW
-    request's manifest starts a pipeline execution there, which competes with S3 for the CPU (about 2 s of
-    moto CPU per manifest, measured) and buries the ingest figures. On AWS that work is off the PUT path.
-    """
-    session = aws.session(settings)
-    async with session.client("s3", **aws.client_kwargs(settings)) as s3:
-        await s3.put_bucket_notification_configuration(Bucket=settings.images_bucket, NotificationConfiguration={})
-
-
 @contextmanager
 def radstream_stack(
     state_dir: Path, profile_path: Path | None, *, pipeline: bool = False
 ) -> Iterator[tuple[Settings, str, int, int]]:
     """(settings, API key, moto PID, gateway PID); every process stopped (by PID) on exit."""
     key = secrets.token_urlsafe(32)
-    settings = Settings(
-        aws_endpoint_url=f"http://127.0.0.1:{free_port()}",
-        api_keys=f"{BENCH_TENANT}:{key}",
-        http_port=free_port(),
-        state_dir=state_dir,
-        api_key_file=state_dir / "api-key",
-    )
+    settings = isolated_settings(state_dir, f"{BENCH_TENANT}:{key}")
     supervisor = Supervisor()
     try:
         moto = supervisor.start(emulator_process_spec(settings))
-        asyncio.run(provision(settings))
-        if not pipeline:
-            asyncio.run(disable_pipeline_trigger(settings))
+        # Without the pipeline nothing reacts to manifests: the emulator runs EventBridge, Lambda and Step
+        # Functions in its own process, where each manifest's execution costs about 2 s of its CPU (measured)
+        # and would bury the ingest figures. On AWS that work is off the PUT path.
+        asyncio.run(provision(settings, with_pipeline=pipeline))
         spec = gateway_process_spec(settings, child_env(settings, f"{BENCH_TENANT}:{key}"))
         argv = spec.argv if profile_path is None else profiled_argv(spec.argv, profile_path)
         spec = dataclasses.replace(spec, argv=argv, log_path=state_dir / "logs" / "gateway.log")
@@ -411,7 +393,7 @@ def orthanc_client(url: str, server_pid: int, count: int, repeats: int) -> dict[
 def run(quick: bool = False, profile_gateway: Path | None = None, pipeline: bool = False) -> dict[str, Any]:
     """Measure raw PutObject, RadStream STOW-RS and Orthanc STOW-RS (median of repeats).
 
-    ``pipeline`` leaves the emulator's pipeline trigger on (see :func:`disable_pipeline_trigger`).
+    ``pipeline`` provisions the pipeline too, so every manifest starts an execution in the emulator.
     """
     count = QUICK_INSTANCES if quick else STUDY_INSTANCES
     repeats = 1 if quick else REPEATS

@@ -7,14 +7,12 @@ import logging
 import signal
 from contextlib import AsyncExitStack
 
-from radstream import aws
 from radstream.settings import Settings
-from radstream.storage import ObjectStore
-from radstream.telemetry import Telemetry
 from worker.consumer import InferenceWorker
 from worker.inference.batcher import Batcher
 from worker.inference.client import TritonClient
 from worker.inference.spec import load_specs
+from worker.pipeline.context import stage_context
 
 log = logging.getLogger("radstream.worker")
 
@@ -25,13 +23,8 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> i
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     specs = {spec.name: spec for spec in load_specs(settings.model_repository)}
-    session = aws.session(settings)
-    kwargs = aws.client_kwargs(settings)
     async with AsyncExitStack() as stack:
-        sqs = await stack.enter_async_context(session.client("sqs", **kwargs))
-        sfn = await stack.enter_async_context(session.client("stepfunctions", **kwargs))
-        s3 = await stack.enter_async_context(session.client("s3", **kwargs))
-        kinesis = await stack.enter_async_context(session.client("kinesis", **kwargs))
+        ctx = await stack.enter_async_context(stage_context(settings))
         triton = await stack.enter_async_context(
             TritonClient(
                 settings.triton_grpc_url,
@@ -51,13 +44,13 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> i
             )
             for name, spec in specs.items()
         }
-        queue_url = (await sqs.get_queue_url(QueueName=settings.inference_queue))["QueueUrl"]
+        queue_url = (await ctx.sqs.get_queue_url(QueueName=settings.inference_queue))["QueueUrl"]
         worker = InferenceWorker(
             settings,
-            sqs=sqs,
-            sfn=sfn,
-            images=ObjectStore(s3, settings.images_bucket, kms_key_id=settings.kms_key_id),
-            telemetry=Telemetry(kinesis, settings.telemetry_stream),
+            sqs=ctx.sqs,
+            sfn=ctx.sfn,
+            images=ctx.images,
+            telemetry=ctx.telemetry,
             batchers=batchers,
             specs=specs,
             queue_url=queue_url,
