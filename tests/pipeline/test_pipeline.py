@@ -291,3 +291,21 @@ def test_unparseable_message_goes_to_the_dead_letter_queue(stack: Stack) -> None
         if any(m["Body"] == marker for m in got):
             break
         assert time.monotonic() < deadline, "poison message never reached the DLQ"
+
+
+def test_instances_without_results_are_listed_with_the_reason(stack: Stack) -> None:
+    uids, datasets = ct_study(3)
+    broken = datasets[2]
+    broken.PixelData = broken.PixelData[: len(broken.PixelData) // 2]  # header fine, pixels truncated
+    ultrasound = synthetic.ct_slice(uids, 3, rows=64, cols=64)
+    ultrasound.Modality = "US"
+    ultrasound.SOPClassUID = UltrasoundImageStorage
+    ultrasound.file_meta.MediaStorageSOPClassUID = UltrasoundImageStorage
+    send(stack, [*datasets, ultrasound])
+    status = stack.wait_status(uids.study, ("completed", "failed"))
+    assert status["status"] == "completed", status
+    document = httpx.get(f"{stack.url}/v1/studies/{uids.study}/results", headers=stack.auth).json()
+    assert {i["sop_instance_uid"] for i in document["instances"]} == {d.SOPInstanceUID for d in datasets[:2]}
+    reasons = {item["sop_instance_uid"]: item["reason"] for item in document["not_analysed"]}
+    assert reasons[broken.SOPInstanceUID].startswith("could not be decoded")
+    assert reasons[ultrasound.SOPInstanceUID].startswith("no model for this input (modality US")

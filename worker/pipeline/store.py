@@ -15,7 +15,7 @@ from radstream.status import StudyState, utcnow
 from radstream.telemetry import TelemetryEvent
 from worker.inference.types import InstanceOutput
 from worker.pipeline import outputs as output_codec
-from worker.pipeline.common import timed
+from worker.pipeline.common import read_manifest, timed
 from worker.pipeline.context import StageContext
 from worker.pipeline.validate import specs_in
 from worker.results import build_result_document, build_segs, build_sr, dataset_to_bytes
@@ -26,13 +26,34 @@ NO_MODEL_DETAIL = "no model for this input"
 
 
 def _build(
-    headers: list[pydicom.Dataset], outputs: list[InstanceOutput], threshold: float
+    headers: list[pydicom.Dataset],
+    outputs: list[InstanceOutput],
+    threshold: float,
+    not_analysed: list[tuple[str, str]],
 ) -> tuple[bytes, bytes, list[bytes]]:
     """(result JSON, SR bytes, SEG bytes); CPU-bound, runs in a thread."""
     sr = build_sr(headers, outputs, threshold=threshold)
     segs = build_segs(headers, outputs, threshold)
-    document = build_result_document(headers, outputs, threshold, structured_report=sr, segmentations=segs)
+    document = build_result_document(
+        headers, outputs, threshold, structured_report=sr, segmentations=segs, not_analysed=not_analysed
+    )
     return document.model_dump_json().encode(), dataset_to_bytes(sr), [dataset_to_bytes(s) for s in segs]
+
+
+async def _not_analysed(ctx: StageContext, event: dict[str, Any], analysed: set[str]) -> list[tuple[str, str]]:
+    """Instances of this execution's manifest without a result, with the reason."""
+    reasons = {
+        failure["sop"]: f"could not be decoded: {failure['reason']}"
+        for batch in event.get("prepared", [])
+        for failure in batch.get("failed", [])
+    }
+    manifest = await read_manifest(ctx, event["manifest_key"])
+    missing = []
+    for inst in manifest.instances:
+        if inst.sop_instance_uid not in analysed:
+            default = f"{NO_MODEL_DETAIL} (modality {inst.modality or 'unknown'}, SOP class {inst.sop_class_uid})"
+            missing.append((inst.sop_instance_uid, reasons.get(inst.sop_instance_uid, default)))
+    return missing
 
 
 async def _study_outputs(ctx: StageContext, tenant: str, study: str) -> list[InstanceOutput]:
@@ -62,7 +83,10 @@ async def run(ctx: StageContext, event: dict[str, Any]) -> dict[str, Any]:
                 *(ctx.images.get_bytes(keys.header_key(tenant, study, o.sop_instance_uid)) for o in outputs)
             )
             headers: list[pydicom.Dataset] = [pydicom.dcmread(io.BytesIO(raw), force=True) for raw in raw_headers]
-            document, sr, segs = await asyncio.to_thread(_build, headers, outputs, spec.outputs.labels.threshold)
+            not_analysed = await _not_analysed(ctx, event, {o.sop_instance_uid for o in outputs})
+            document, sr, segs = await asyncio.to_thread(
+                _build, headers, outputs, spec.outputs.labels.threshold, not_analysed
+            )
             await ctx.results.put_bytes(keys.result_key(tenant, study, RESULT_SR), sr, content_type="application/dicom")
             for i, seg in enumerate(segs):
                 await ctx.results.put_bytes(

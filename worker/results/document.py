@@ -77,6 +77,13 @@ class DicomObjectReference(_Frozen):
     sop_class_uid: DicomUid
 
 
+class NotAnalysed(_Frozen):
+    """An instance of the request that has no result, and why (decoding failed, no model accepts it)."""
+
+    sop_instance_uid: DicomUid
+    reason: str = Field(max_length=300)
+
+
 class ResultDocument(_Frozen):
     """Versioned, study-level result of one model run, free of patient identity."""
 
@@ -89,6 +96,7 @@ class ResultDocument(_Frozen):
     summary: StudySummary
     structured_reports: tuple[DicomObjectReference, ...] = ()
     segmentations: tuple[DicomObjectReference, ...] = ()
+    not_analysed: tuple[NotAnalysed, ...] = ()
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
@@ -128,6 +136,7 @@ def build_result_document(
     structured_report: Dataset | None = None,
     segmentations: Sequence[Dataset] = (),
     created_at: datetime | None = None,
+    not_analysed: Sequence[tuple[str, str]] = (),
 ) -> ResultDocument:
     """Build the JSON result document of one study.
 
@@ -143,6 +152,8 @@ def build_result_document(
         The SR and SEG instances produced for the study, referenced by UID.
     created_at:
         Creation time (timezone-aware); the current UTC time by default.
+    not_analysed:
+        ``(sop_instance_uid, reason)`` of instances that have no result.
 
     Raises
     ------
@@ -191,4 +202,5 @@ def build_result_document(
         summary=summarise(instances),
         structured_reports=() if structured_report is None else (_reference(structured_report),),
         segmentations=tuple(_reference(seg) for seg in segmentations),
+        not_analysed=tuple(NotAnalysed(sop_instance_uid=sop, reason=reason[:300]) for sop, reason in not_analysed),
     )
