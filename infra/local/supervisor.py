@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import subprocess
 import time
@@ -48,8 +49,15 @@ class Supervisor:
         return proc
 
     def wait(self, should_stop: Callable[[], bool]) -> int:
-        """Block until a signal asked to stop (0) or a child died (1)."""
+        """Block until a signal asked to stop (0), the parent went away (0), or a child died (1).
+
+        The parent check covers `make up` being terminated: make does not pass SIGTERM on to its recipe.
+        """
+        parent = os.getppid()
         while not should_stop():
+            if os.getppid() != parent:
+                log.warning("parent process %d went away; stopping the stack", parent)
+                return 0
             for spec, proc in self.children:
                 if proc.poll() is not None:
                     log.error("%s exited with code %s; stopping the stack", spec.name, proc.returncode)

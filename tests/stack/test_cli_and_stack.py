@@ -59,6 +59,21 @@ async def test_provisioning_is_idempotent(settings: Settings) -> None:
     assert await provision(settings, with_pipeline=False) == first
 
 
+def _up_env(state: Path, port: int, aws_port: int) -> dict[str, str]:
+    """`radstream up` on free ports with its own state folder (no RADSTREAM_API_KEYS: it makes a key)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RADSTREAM_")}
+    return env | {
+        "RADSTREAM_HTTP_PORT": str(port),
+        "RADSTREAM_AWS_ENDPOINT_URL": f"http://127.0.0.1:{aws_port}",
+        "RADSTREAM_LAMBDA_RUNTIME_PORT": str(free_port()),
+        "RADSTREAM_TRITON_GRPC_URL": f"127.0.0.1:{free_port()}",
+        "RADSTREAM_TRITON_HTTP_PORT": str(free_port()),
+        "RADSTREAM_TRITON_METRICS_PORT": str(free_port()),
+        "RADSTREAM_STATE_DIR": str(state),
+        "RADSTREAM_API_KEY_FILE": str(state / "api-key"),
+    }
+
+
 def _children(pid: int) -> list[int]:
     out = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
@@ -73,13 +88,7 @@ def _children(pid: int) -> list[int]:
 
 def test_up_runs_the_stack_and_stops_every_child(tmp_path: Path) -> None:
     port, aws_port = free_port(), free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RADSTREAM_")}
-    env |= {
-        "RADSTREAM_HTTP_PORT": str(port),
-        "RADSTREAM_AWS_ENDPOINT_URL": f"http://127.0.0.1:{aws_port}",
-        "RADSTREAM_STATE_DIR": str(tmp_path),
-        "RADSTREAM_API_KEY_FILE": str(tmp_path / "api-key"),
-    }
+    env = _up_env(tmp_path, port, aws_port)
     log = (tmp_path / "up.log").open("w+")
     proc = subprocess.Popen([RADSTREAM, "up"], env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
@@ -108,3 +117,37 @@ def test_up_runs_the_stack_and_stops_every_child(tmp_path: Path) -> None:
             proc.kill()
             proc.wait()
         log.close()
+
+
+def test_up_stops_everything_when_its_parent_dies(tmp_path: Path) -> None:
+    """`make up` killed: make does not pass signals on, so `radstream up` must notice on its own."""
+    port, aws_port = free_port(), free_port()
+    env = _up_env(tmp_path, port, aws_port)
+    log = tmp_path / "up.log"
+    parent = subprocess.Popen(
+        ["sh", "-c", f'"{RADSTREAM}" up > "{log}" 2>&1 & echo $! > "{tmp_path}/pid"; wait'], env=env
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while "RadStream is up" not in (log.read_text() if log.exists() else ""):
+            assert time.monotonic() < deadline, log.read_text() if log.exists() else "no log"
+            time.sleep(0.5)
+        up_pid = int((tmp_path / "pid").read_text())
+        children = _children(up_pid)
+        assert len(children) >= 4
+        parent.kill()  # SIGKILL: the parent cannot pass anything on
+        parent.wait()
+        deadline = time.monotonic() + 60
+        while any(Path(f"/proc/{pid}").exists() for pid in [up_pid, *children]):
+            alive = [pid for pid in [up_pid, *children] if Path(f"/proc/{pid}").exists()]
+            if all(
+                "zombie" in Path(f"/proc/{pid}/status").read_text() for pid in alive if Path(f"/proc/{pid}").exists()
+            ):
+                break
+            assert time.monotonic() < deadline, f"still running: {alive}"
+            time.sleep(0.5)
+        assert "went away; stopping the stack" in log.read_text()
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
