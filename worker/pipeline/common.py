@@ -14,7 +14,18 @@ from radstream import keys
 from radstream.errors import NotFound, StorageUnavailable
 from radstream.manifest import Manifest
 from worker.pipeline.context import StageContext
-from worker.pipeline.errors import ManifestInvalid, TransientError
+from worker.pipeline.errors import InstanceMissing, ManifestInvalid, TransientError
+
+
+@contextmanager
+def instance_access(sop_instance_uid: str) -> Iterator[None]:
+    """Storage errors while reading an instance, as the pipeline errors Step Functions retries."""
+    try:
+        yield
+    except NotFound as exc:
+        raise InstanceMissing(f"instance {sop_instance_uid} is not in the store") from exc
+    except StorageUnavailable as exc:
+        raise TransientError(exc.detail) from exc
 
 
 async def read_manifest(ctx: StageContext, key: str) -> Manifest:

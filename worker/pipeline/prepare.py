@@ -10,13 +10,13 @@ import numpy as np
 import pydicom
 
 from radstream import keys
-from radstream.errors import NotFound, StorageUnavailable
+from radstream.errors import NotFound
 from radstream.telemetry import TelemetryEvent
 from worker.inference.preprocess import PreprocessError, prepare
 from worker.inference.spec import ModelSpec
-from worker.pipeline.common import read_manifest, timed
+from worker.pipeline.common import instance_access, read_manifest, timed
 from worker.pipeline.context import StageContext
-from worker.pipeline.errors import DecodeFailed, InstanceMissing, ManifestInvalid, TransientError
+from worker.pipeline.errors import DecodeFailed, ManifestInvalid
 from worker.pipeline.validate import specs_in
 
 
@@ -52,12 +52,8 @@ async def run(ctx: StageContext, event: dict[str, Any]) -> dict[str, Any]:
         failed: list[dict[str, str]] = []
         for index in indices:
             inst = manifest.instances[index]
-            try:
+            with instance_access(inst.sop_instance_uid):
                 data = await ctx.images.get_bytes(inst.key)
-            except NotFound as exc:
-                raise InstanceMissing(f"instance {inst.sop_instance_uid} is not in the store") from exc
-            except StorageUnavailable as exc:
-                raise TransientError(exc.detail) from exc
             try:
                 tensor, header, shape = await asyncio.to_thread(_decode, data, spec)
             except (PreprocessError, ValueError, NotImplementedError, RuntimeError, AttributeError) as exc:

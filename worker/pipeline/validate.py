@@ -8,13 +8,13 @@ from pathlib import Path
 from typing import Any
 
 from radstream import keys
-from radstream.errors import NotFound, StorageUnavailable
+from radstream.errors import NotFound
 from radstream.status import StudyState
 from radstream.telemetry import TelemetryEvent
 from worker.inference.spec import ModelSpec, load_specs, match_model
-from worker.pipeline.common import read_manifest, timed
+from worker.pipeline.common import instance_access, read_manifest, timed
 from worker.pipeline.context import StageContext
-from worker.pipeline.errors import InstanceMissing, ManifestInvalid, TransientError
+from worker.pipeline.errors import ManifestInvalid
 
 PREPARE_BATCH = 16  # instances per PrepareTensors invocation (the Map fans out over these)
 
@@ -36,12 +36,8 @@ async def run(ctx: StageContext, event: dict[str, Any]) -> dict[str, Any]:
         except NotFound:  # the gateway withdrew it (storage failed after the write): nothing to do
             return {**base, "action": "skip", "model": None, "batches": []}
         for inst in manifest.instances:
-            try:
+            with instance_access(inst.sop_instance_uid):
                 stored = await ctx.images.head(inst.key)
-            except NotFound as exc:
-                raise InstanceMissing(f"instance {inst.sop_instance_uid} is not in the store") from exc
-            except StorageUnavailable as exc:
-                raise TransientError(exc.detail) from exc
             if stored.sha256 != inst.sha256:
                 raise ManifestInvalid(f"instance {inst.sop_instance_uid} does not match its manifest checksum")
 
