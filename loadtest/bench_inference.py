@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import platform
-import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
@@ -33,6 +33,7 @@ import numpy.typing as npt
 import onnxruntime as ort
 
 from infra.local.processes import free_port
+from infra.local.supervisor import ChildFailed, Supervisor
 from infra.local.triton import triton_process_spec
 from radstream.settings import PROJECT_ROOT, Settings
 from worker.inference.batcher import Batcher
@@ -56,24 +57,17 @@ def local_triton(model_repository: Path = MODEL_REPOSITORY) -> Iterator[str]:
             model_repository=model_repository,
             state_dir=Path(state),
         )
-        spec = triton_process_spec(settings)
         log = Path(state) / "tritonserver.log"
-        with log.open("wb") as out:
-            process = subprocess.Popen(spec.argv, env={**os.environ, **spec.env}, stdout=out, stderr=out)
+        supervisor = Supervisor()
         try:
-            deadline = time.monotonic() + spec.ready_timeout_s
-            while spec.ready is not None and not spec.ready():
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"tritonserver did not start:\n{log.read_text()[-3000:]}")
-                time.sleep(0.1)
+            supervisor.start(dataclasses.replace(triton_process_spec(settings), log_path=log))
+        except ChildFailed as exc:
+            supervisor.stop()
+            raise RuntimeError(f"tritonserver did not start ({exc}):\n{log.read_text()[-3000:]}") from exc
+        try:
             yield settings.triton_grpc_url
         finally:
-            process.terminate()
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            supervisor.stop()
 
 
 def make_inputs(spec: ModelSpec, count: int) -> npt.NDArray[np.float32]:

@@ -15,7 +15,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from infra.local.processes import free_port
+from infra.local.processes import ProcessSpec, free_port
+from infra.local.supervisor import Supervisor
 
 NETNS = "rsbench"
 ORTHANC_PLUGIN_CANDIDATES = (
@@ -67,14 +68,18 @@ def orthanc_process(work: Path) -> Iterator[tuple[int, int, dict[str, Any]]]:
         _netns("add", NETNS)
     except subprocess.CalledProcessError as exc:
         raise OrthancUnavailable(f"ip netns add failed: {exc.stderr.decode().strip()}") from exc
-    process: subprocess.Popen[bytes] | None = None
+    supervisor = Supervisor()
     try:
         _netns("exec", NETNS, "ip", "link", "set", "lo", "up")
-        with (work / "orthanc.log").open("wb") as log:
-            # `ip netns exec` execs the command in place, so the PID is Orthanc's own.
-            process = subprocess.Popen(
-                ["ip", "netns", "exec", NETNS, binary, str(work / "orthanc.json")], stdout=log, stderr=log
+        # `ip netns exec` execs the command in place, so the PID is Orthanc's own. Readiness is awaited by
+        # the client, which runs inside the namespace.
+        process = supervisor.start(
+            ProcessSpec(
+                name="orthanc",
+                argv=["ip", "netns", "exec", NETNS, binary, str(work / "orthanc.json")],
+                log_path=work / "orthanc.log",
             )
+        )
         notes = {
             "version": " ".join([Path(version.split()[0]).name, *version.split()[1:]]) if version else "?",
             "plugin": str(plugin),
@@ -83,11 +88,5 @@ def orthanc_process(work: Path) -> Iterator[tuple[int, int, dict[str, Any]]]:
         }
         yield process.pid, port, notes
     finally:
-        if process is not None and process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        supervisor.stop()
         _netns("delete", NETNS)
