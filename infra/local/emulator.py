@@ -8,7 +8,7 @@ import urllib.error
 import urllib.request
 from urllib.parse import urlsplit
 
-from infra.local.processes import ProcessSpec
+from infra.local.processes import SINGLE_THREADED_MATH, ProcessSpec
 from radstream.settings import Settings, settings_env
 
 # Objects above this many bytes are spooled to disk by moto instead of being held in RAM.
@@ -51,7 +51,7 @@ def lambda_runtime_process_spec(settings: Settings) -> ProcessSpec:
     return ProcessSpec(
         name="lambda-runtime",
         argv=[sys.executable, "-m", "infra.local.lambda_runtime", "--port", str(port)],
-        env={**os.environ, **settings_env(settings)},
+        env={**os.environ, **settings_env(settings), **SINGLE_THREADED_MATH},
         ready=lambda: http_ok(f"http://127.0.0.1:{port}/health"),
         ready_timeout_s=30.0,
     )

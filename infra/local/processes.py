@@ -25,6 +25,11 @@ class ProcessSpec:
     log_path: Path | None = None  # stdout and stderr go here instead of the terminal
 
 
+# Processes that decode and resize images run many small matrix products side by side: BLAS's own thread
+# pool only spins (it doubled the local Lambda runtime's CPU per study). Each such process gets one thread.
+SINGLE_THREADED_MATH = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that is free right now (for stacks started side by side: tests, benchmarks)."""
     with socket.socket() as sock:

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from infra.local.emulator import emulator_process_spec, http_ok, lambda_runtime_process_spec
-from infra.local.processes import ProcessSpec, free_port
+from infra.local.processes import SINGLE_THREADED_MATH, ProcessSpec, free_port
 from infra.local.provision import provision
 from infra.local.supervisor import StopFlag, Supervisor
 from infra.local.triton import triton_process_spec
@@ -61,7 +61,9 @@ def gateway_process_spec(settings: Settings, env: dict[str, str]) -> ProcessSpec
 
 
 def worker_process_spec(settings: Settings, env: dict[str, str]) -> ProcessSpec:
-    return ProcessSpec(name="worker", argv=[sys.executable, "-m", "radstream.cli", "worker"], env=env)
+    return ProcessSpec(
+        name="worker", argv=[sys.executable, "-m", "radstream.cli", "worker"], env={**env, **SINGLE_THREADED_MATH}
+    )
 
 
 def process_specs(settings: Settings, env: dict[str, str]) -> list[ProcessSpec]:

@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+import io
+import json
+import os
+import subprocess
+import sys
+import time
+import zipfile
+from collections.abc import Iterator
 from datetime import UTC, datetime
+from typing import Any
 
+import boto3
 import moto
 import pytest
 
 from infra import resources
 from infra.local import lambda_runtime, moto_gaps
+from infra.local.emulator import http_ok
+from infra.local.processes import free_port
 
 
 def test_pinned_to_the_moto_version_it_was_checked_against(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -43,3 +55,137 @@ def test_runtime_reports_exceptions_as_lambda_does() -> None:
 def test_runtime_runs_only_our_handlers() -> None:
     answer = lambda_runtime.invoke("os.system", {})
     assert answer["error"]["errorType"] == "HandlerNotAllowed"
+
+
+@pytest.fixture(scope="module")
+def emulator() -> Iterator[str]:
+    """The emulator process alone (moto + the local gaps) on a free loopback port."""
+    port = free_port()
+    env = {**os.environ, "MOTO_PORT": str(port), "AWS_DEFAULT_REGION": "us-east-1"}
+    env["RADSTREAM_LAMBDA_RUNTIME_URL"] = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    argv = [sys.executable, "-m", "infra.local.moto_gaps", "--host", "127.0.0.1", "--port", str(port)]
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while not http_ok(f"{url}/moto-api/data.json"):
+            assert proc.poll() is None and time.monotonic() < deadline, "emulator did not start"
+            time.sleep(0.1)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)
+
+
+def _client(service: str, url: str) -> Any:
+    return boto3.client(
+        service, endpoint_url=url, region_name="us-east-1", aws_access_key_id="k", aws_secret_access_key="s"
+    )
+
+
+# Retry counters and Map iterations keep their state per execution; the parsed program is shared.
+_SHARED_PROGRAM_ASL = {
+    "StartAt": "Fan",
+    "States": {
+        "Fan": {
+            "Type": "Map",
+            "ItemsPath": "$.items",
+            "MaxConcurrency": 2,
+            "ItemProcessor": {
+                "StartAt": "Tag",
+                "States": {
+                    "Tag": {"Type": "Pass", "Parameters": {"value.$": "$", "tag": "seen"}, "End": True},
+                },
+            },
+            "ResultPath": "$.fanned",
+            "Next": "Send",
+        },
+        "Send": {
+            "Type": "Task",
+            "Resource": "arn:aws:states:::sqs:sendMessage",
+            "Parameters": {"QueueUrl": "http://127.0.0.1:1/000000000000/missing", "MessageBody.$": "$.name"},
+            "Retry": [{"ErrorEquals": ["States.ALL"], "MaxAttempts": 2, "IntervalSeconds": 1, "BackoffRate": 1.0}],
+            "Catch": [{"ErrorEquals": ["States.ALL"], "ResultPath": "$.error", "Next": "Done"}],
+            "End": True,
+        },
+        "Done": {"Type": "Pass", "Parameters": {"name.$": "$.name", "fanned.$": "$.fanned"}, "End": True},
+    },
+}
+
+
+def test_concurrent_executions_of_one_definition_stay_separate(emulator: str) -> None:
+    sfn = _client("stepfunctions", emulator)
+    arn = sfn.create_state_machine(
+        name="shared-program",
+        definition=json.dumps(_SHARED_PROGRAM_ASL),
+        roleArn="arn:aws:iam::123456789012:role/sfn",
+    )["stateMachineArn"]
+    inputs = {f"run-{i}": list(range(i + 1)) for i in range(6)}
+    executions = {
+        name: sfn.start_execution(stateMachineArn=arn, name=name, input=json.dumps({"name": name, "items": items}))[
+            "executionArn"
+        ]
+        for name, items in inputs.items()
+    }
+    deadline = time.monotonic() + 60
+    outputs: dict[str, Any] = {}
+    while len(outputs) < len(executions) and time.monotonic() < deadline:
+        for name, execution in executions.items():
+            described = sfn.describe_execution(executionArn=execution)
+            if described["status"] != "RUNNING":
+                assert described["status"] == "SUCCEEDED", described
+                outputs[name] = json.loads(described["output"])
+        time.sleep(0.2)
+    assert set(outputs) == set(inputs)
+    for name, items in inputs.items():
+        assert outputs[name] == {"name": name, "fanned": [{"value": i, "tag": "seen"} for i in items]}
+    # Each execution retried its failing task itself: 1 attempt + 2 retries, whatever the others did.
+    for execution in executions.values():
+        history = sfn.get_execution_history(executionArn=execution, maxResults=1000)["events"]
+        attempts = [e for e in history if e["type"] == "TaskScheduled"]
+        assert len(attempts) == 3
+
+
+def test_lambda_task_failures_reach_catch(emulator: str) -> None:
+    """``lambda:invoke`` tasks go to the Lambda backend directly (no HTTP request from the emulator to itself);
+    a failure still comes back as the task's typed error, which Catch matches by name."""
+    sfn = _client("stepfunctions", emulator)
+    lam = _client("lambda", emulator)
+    iam = _client("iam", emulator)
+    role = iam.create_role(RoleName="fn", AssumeRolePolicyDocument="{}")["Role"]["Arn"]
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("handler.py", "def handler(event, context):\n    return event\n")
+    fn = lam.create_function(
+        FunctionName="unreachable",
+        Runtime="python3.11",
+        Role=role,
+        Handler="worker.lambdas.validate_metadata",
+        Code={"ZipFile": buffer.getvalue()},
+    )["FunctionArn"]
+    definition = {
+        "StartAt": "Call",
+        "States": {
+            "Call": {
+                "Type": "Task",
+                "Resource": "arn:aws:states:::lambda:invoke",
+                "Parameters": {"FunctionName": fn, "Payload.$": "$"},
+                "Catch": [{"ErrorEquals": ["ServiceException"], "ResultPath": "$.error", "Next": "Caught"}],
+                "End": True,
+            },
+            "Caught": {"Type": "Pass", "End": True},
+        },
+    }
+    arn = sfn.create_state_machine(
+        name="lambda-direct", definition=json.dumps(definition), roleArn="arn:aws:iam::123456789012:role/sfn"
+    )["stateMachineArn"]
+    execution = sfn.start_execution(stateMachineArn=arn, name="call-1", input='{"k": 1}')["executionArn"]
+    deadline = time.monotonic() + 30
+    while (described := sfn.describe_execution(executionArn=execution))["status"] == "RUNNING":
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    assert described["status"] == "SUCCEEDED", sfn.get_execution_history(executionArn=execution)["events"][-3:]
+    output = json.loads(described["output"])
+    assert output["k"] == 1
+    assert output["error"]["Error"] == "ServiceException"
+    assert "local Lambda runtime unreachable" in output["error"]["Cause"]
