@@ -80,7 +80,7 @@ class BufferedTelemetry:
     """Collects events and sends them in one ``PutRecords`` call per interval (or when the buffer fills),
     off the request path. For long-running services (the gateway); ``close`` flushes what is left."""
 
-    def __init__(self, telemetry: Telemetry, *, interval_s: float = 0.25, max_buffer: int = 10_000) -> None:
+    def __init__(self, telemetry: Telemetry, *, interval_s: float = 1.0, max_buffer: int = 10_000) -> None:
         self._telemetry = telemetry
         self._interval_s = interval_s
         self._max_buffer = max_buffer

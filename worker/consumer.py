@@ -29,7 +29,7 @@ from radstream import keys
 from radstream.errors import NotFound, StorageUnavailable
 from radstream.settings import Settings
 from radstream.storage import ObjectStore
-from radstream.telemetry import Telemetry, TelemetryEvent
+from radstream.telemetry import BufferedTelemetry, TelemetryEvent
 from worker.inference.batcher import Batcher
 from worker.inference.client import InferenceTimeout, ModelNotReady, TritonError, TritonUnavailable
 from worker.inference.preprocess import PreparedImage
@@ -89,7 +89,7 @@ class InferenceWorker:
         sqs: Any,
         sfn: Any,
         images: ObjectStore,
-        telemetry: Telemetry,
+        telemetry: BufferedTelemetry,
         batchers: dict[str, Batcher],
         specs: dict[str, ModelSpec],
         queue_url: str,
@@ -188,7 +188,7 @@ class InferenceWorker:
         output = {"outputs_key": keys.outputs_key(job.tenant, job.study, job.request_id), "images": len(job.images)}
         if await self._finish(receipt, job.token, output=output, job=job):
             self.completed += 1
-            await self.telemetry.emit(
+            self.telemetry.emit(
                 TelemetryEvent(
                     stage="inference",
                     tenant=job.tenant,

@@ -8,6 +8,7 @@ import signal
 from contextlib import AsyncExitStack
 
 from radstream.settings import Settings
+from radstream.telemetry import BufferedTelemetry
 from worker.consumer import InferenceWorker
 from worker.inference.batcher import Batcher
 from worker.inference.client import TritonClient
@@ -44,13 +45,18 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> i
             )
             for name, spec in specs.items()
         }
+        # Long-running, like the gateway: events leave in one PutRecords per interval, and close() flushes
+        # the rest when the worker stops.
+        telemetry = BufferedTelemetry(ctx.telemetry)
+        await telemetry.start()
+        stack.push_async_callback(telemetry.close)
         queue_url = (await ctx.sqs.get_queue_url(QueueName=settings.inference_queue))["QueueUrl"]
         worker = InferenceWorker(
             settings,
             sqs=ctx.sqs,
             sfn=ctx.sfn,
             images=ctx.images,
-            telemetry=ctx.telemetry,
+            telemetry=telemetry,
             batchers=batchers,
             specs=specs,
             queue_url=queue_url,
