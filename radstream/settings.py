@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -58,6 +59,8 @@ class Settings(BaseSettings):
     triton_metrics_port: int = 8002
     triton_request_timeout_s: float = 30.0
     triton_readiness_timeout_s: float = 60.0
+    # Inputs through system shared memory: "auto" = when Triton is on loopback (same host or a sidecar).
+    triton_shared_memory: Literal["auto", "on", "off"] = "auto"
     batcher_max_wait_s: float = 0.002
     batcher_max_in_flight: int = 2
     worker_max_messages: int = 32

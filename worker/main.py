@@ -31,6 +31,7 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> i
                 settings.triton_grpc_url,
                 inference_timeout_s=settings.triton_request_timeout_s,
                 readiness_timeout_s=settings.triton_readiness_timeout_s,
+                shared_memory=settings.triton_shared_memory,
             )
         )
         batchers = {

@@ -8,9 +8,17 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from tests.inference.conftest import random_images
+from tests.inference.conftest import TritonServer, random_images
 from worker.inference.batcher import Batcher
-from worker.inference.client import InvalidInput, ModelMissing, ModelStatistics, TritonClient
+from worker.inference.client import (
+    SHM_MAX_REGIONS,
+    InvalidInput,
+    ModelMissing,
+    ModelStatistics,
+    SharedMemoryMode,
+    TritonClient,
+    is_loopback,
+)
 from worker.inference.spec import ModelSpec
 
 
@@ -115,3 +123,80 @@ async def test_missing_model_is_typed_and_not_retried(client: TritonClient, spec
             await batcher.infer(random_images(1, seed=6, spec=spec)[0])
         assert batcher.stats.retries == 0
     assert not await client.is_model_ready("no_such_model")
+
+
+def test_shared_memory_only_for_loopback() -> None:
+    assert is_loopback("127.0.0.1:8001")
+    assert is_loopback("localhost:8001")
+    assert is_loopback("[::1]:8001")
+    assert not is_loopback("triton.radstream.svc:8001")
+    assert not is_loopback("10.0.0.5:8001")
+
+
+async def test_shared_memory_inputs_equal_inline_inputs(
+    triton: TritonServer, spec: ModelSpec, onnx_session: ort.InferenceSession
+) -> None:
+    """The same tensors through system shared memory and inside the gRPC message give the same outputs;
+    the regions are registered with Triton while the client lives and gone after it closed."""
+    images = random_images(7, seed=8, spec=spec)
+    expected = onnx_session.run(_outputs(spec), {spec.input.name: images})
+    async with TritonClient(triton.grpc_url, shared_memory="off") as inline:
+        assert not inline.uses_shared_memory
+        got_inline = await inline.infer(spec.name, {spec.input.name: images}, _outputs(spec), version=spec.version)
+    async with TritonClient(triton.grpc_url, shared_memory="auto") as shared:
+        assert shared.uses_shared_memory
+        got_shared = await shared.infer(spec.name, {spec.input.name: images}, _outputs(spec), version=spec.version)
+        assert shared._regions is not None
+        ours = {region.name for region in shared._regions._all}
+        registered = await shared._client.get_system_shared_memory_status(as_json=True)
+        assert ours and ours <= set(registered.get("regions", {}))
+    for name, want in zip(_outputs(spec), expected, strict=True):
+        np.testing.assert_allclose(got_shared[name], want, rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(got_shared[name], got_inline[name])
+    async with TritonClient(triton.grpc_url, shared_memory="off") as probe:
+        left = await probe._client.get_system_shared_memory_status(as_json=True)
+        assert not ours & set(left.get("regions", {}))
+
+
+async def test_shared_memory_regions_are_registered_again_when_triton_forgot_them(
+    triton: TritonServer, spec: ModelSpec, onnx_session: ort.InferenceSession
+) -> None:
+    """A restarted Triton knows no regions: the client registers its regions again and the request succeeds."""
+    images = random_images(3, seed=9, spec=spec)
+    expected = onnx_session.run(_outputs(spec), {spec.input.name: images})
+    async with TritonClient(triton.grpc_url, shared_memory="on") as client:
+        await client.infer(spec.name, {spec.input.name: images}, _outputs(spec), version=spec.version)
+        await client._client.unregister_system_shared_memory()  # what a restart does to the server's registry
+        got = await client.infer(spec.name, {spec.input.name: images}, _outputs(spec), version=spec.version)
+    np.testing.assert_allclose(got[spec.outputs.probability.name], expected[0], rtol=1e-5, atol=1e-6)
+
+
+async def test_more_concurrent_requests_than_regions_still_succeed(
+    triton: TritonServer, spec: ModelSpec, onnx_session: ort.InferenceSession
+) -> None:
+    """Past the pool's size, requests carry their tensors inline instead of waiting for a region."""
+    async with TritonClient(triton.grpc_url, shared_memory="on") as client:
+        batches = [random_images(2, seed=100 + i, spec=spec) for i in range(SHM_MAX_REGIONS * 2)]
+        results = await asyncio.gather(
+            *(client.infer(spec.name, {spec.input.name: b}, _outputs(spec), version=spec.version) for b in batches)
+        )
+    for batch, got in zip(batches, results, strict=True):
+        want = onnx_session.run(_outputs(spec), {spec.input.name: batch})
+        np.testing.assert_allclose(got[spec.outputs.probability.name], want[0], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["on", "off"])
+async def test_batch_items_equal_the_stacked_batch(
+    triton: TritonServer, spec: ModelSpec, onnx_session: ort.InferenceSession, mode: SharedMemoryMode
+) -> None:
+    """The batcher hands the client its items unstacked; inline and through shared memory they form the batch."""
+    images = random_images(4, seed=11, spec=spec)
+    expected = onnx_session.run(_outputs(spec), {spec.input.name: images})
+    async with TritonClient(triton.grpc_url, shared_memory=mode) as client:
+        got = await client.infer(spec.name, {spec.input.name: list(images)}, _outputs(spec), version=spec.version)
+        with pytest.raises(InvalidInput, match="batch items differ"):
+            await client.infer(spec.name, {spec.input.name: [images[0], images[1, :, :64]]}, _outputs(spec))
+        with pytest.raises(InvalidInput, match="empty batch"):
+            await client.infer(spec.name, {spec.input.name: []}, _outputs(spec))
+    for name, want in zip(_outputs(spec), expected, strict=True):
+        np.testing.assert_allclose(got[name], want, rtol=1e-5, atol=1e-6)

@@ -210,7 +210,7 @@ class Batcher:
 
     async def _run(self, batch: list[_Pending]) -> None:
         try:
-            tensors = np.stack([item.tensor for item in batch])
+            tensors = [item.tensor for item in batch]  # the client stacks them, or writes them to shared memory
             started = time.monotonic()
             outputs, attempts = await self._send(tensors, batch)
             finished = time.monotonic()
@@ -237,7 +237,9 @@ class Batcher:
         finally:
             self._slots.release()
 
-    async def _send(self, tensors: npt.NDArray[Any], batch: list[_Pending]) -> tuple[dict[str, npt.NDArray[Any]], int]:
+    async def _send(
+        self, tensors: list[npt.NDArray[Any]], batch: list[_Pending]
+    ) -> tuple[dict[str, npt.NDArray[Any]], int]:
         backoff = self.retry.initial_backoff_s
         attempts = 0
         while True:

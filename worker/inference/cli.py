@@ -64,7 +64,9 @@ async def infer_files_async(
     readiness_timeout_s: float = READINESS_TIMEOUT_S,
 ) -> int:
     specs = load_specs(settings.model_repository)
-    async with TritonClient(triton_url, readiness_timeout_s=readiness_timeout_s) as client:
+    async with TritonClient(
+        triton_url, readiness_timeout_s=readiness_timeout_s, shared_memory=settings.triton_shared_memory
+    ) as client:
         try:
             for spec in specs:
                 await client.wait_until_ready(spec.name, spec.version)
