@@ -9,6 +9,10 @@ Measures, in one run, on the reference model:
 * ratio = batcher at 32 callers / in-process at batch 32 (what Triton, gRPC and batching cost);
 * batching gain = batcher at 32 callers / batcher at 1 caller (sequential batch 1).
 
+A full run repeats all of it in ``ROUNDS`` interleaved rounds against one Triton and reports medians:
+each ratio is computed within its round, then the median round's is reported with the range of all
+rounds (on a shared 2-core machine one 5-second sample of either side moves by several percent).
+
 Run: ``.venv/bin/python -m loadtest.bench_inference [--quick] [--triton-url HOST:PORT]``. Without a URL
 it starts its own tritonserver on free loopback ports. ``run(quick)`` returns the figures as a dict.
 """
@@ -21,6 +25,7 @@ import dataclasses
 import json
 import os
 import platform
+import statistics
 import tempfile
 import time
 from collections.abc import Iterator
@@ -131,27 +136,58 @@ async def _bench_triton(url: str, spec: ModelSpec, images: npt.NDArray[np.float3
         return {str(c): await bench_batcher(client, spec, images, c, seconds) for c in (1, 8, 32)}
 
 
-def run(quick: bool = False, triton_url: str | None = None) -> dict[str, Any]:
-    """Measure everything once; returns the figures (also printed as a markdown table by ``main``)."""
-    spec = next(s for s in load_specs(MODEL_REPOSITORY) if s.name == MODEL_NAME)
-    seconds = 1.5 if quick else 5.0
-    images = make_inputs(spec, 64)
+ROUNDS = 3
+
+
+def _round(spec: ModelSpec, images: npt.NDArray[np.float32], url: str, seconds: float) -> dict[str, Any]:
     in_process = {str(b): bench_in_process(spec, images, b, seconds) for b in (1, 16, 32)}
-    if triton_url is None:
-        with local_triton() as url:
-            batcher = asyncio.run(_bench_triton(url, spec, images, seconds))
-    else:
-        batcher = asyncio.run(_bench_triton(triton_url, spec, images, seconds))
+    batcher = asyncio.run(_bench_triton(url, spec, images, seconds))
     return {
-        "model": f"{spec.name}:{spec.version}",
-        "seconds_per_measurement": seconds,
-        "cpus": os.cpu_count(),
-        "machine": platform.processor() or platform.machine(),
         "in_process_images_per_s": in_process,
         "batcher": batcher,
         "ratio_batcher32_vs_in_process_b32": batcher["32"]["images_per_s"] / in_process["32"],
         "ratio_batcher32_vs_in_process_b16": batcher["32"]["images_per_s"] / in_process["16"],
         "batching_gain_32_vs_1": batcher["32"]["images_per_s"] / batcher["1"]["images_per_s"],
+    }
+
+
+def _median(values: list[float]) -> float:
+    return float(statistics.median(values))
+
+
+def run(quick: bool = False, triton_url: str | None = None) -> dict[str, Any]:
+    """Measure everything (``ROUNDS`` times, once with ``quick``); returns the median figures, every round's
+    figures and the range of the ratios (also printed as a markdown table by ``main``)."""
+    spec = next(s for s in load_specs(MODEL_REPOSITORY) if s.name == MODEL_NAME)
+    seconds = 1.5 if quick else 4.0
+    rounds_wanted = 1 if quick else ROUNDS
+    images = make_inputs(spec, 64)
+    if triton_url is None:
+        with local_triton() as url:
+            rounds = [_round(spec, images, url, seconds) for _ in range(rounds_wanted)]
+    else:
+        rounds = [_round(spec, images, triton_url, seconds) for _ in range(rounds_wanted)]
+    ratios = [r["ratio_batcher32_vs_in_process_b32"] for r in rounds]
+    gains = [r["batching_gain_32_vs_1"] for r in rounds]
+    return {
+        "model": f"{spec.name}:{spec.version}",
+        "seconds_per_measurement": seconds,
+        "rounds": len(rounds),
+        "cpus": os.cpu_count(),
+        "machine": platform.processor() or platform.machine(),
+        "in_process_images_per_s": {
+            b: _median([r["in_process_images_per_s"][b] for r in rounds]) for b in rounds[0]["in_process_images_per_s"]
+        },
+        "batcher": {
+            c: {k: _median([r["batcher"][c][k] for r in rounds]) for k in rounds[0]["batcher"][c]}
+            for c in rounds[0]["batcher"]
+        },
+        "ratio_batcher32_vs_in_process_b32": _median(ratios),
+        "ratio_batcher32_vs_in_process_b32_range": [min(ratios), max(ratios)],
+        "ratio_batcher32_vs_in_process_b16": _median([r["ratio_batcher32_vs_in_process_b16"] for r in rounds]),
+        "batching_gain_32_vs_1": _median(gains),
+        "batching_gain_32_vs_1_range": [min(gains), max(gains)],
+        "per_round": rounds,
     }
 
 
@@ -167,12 +203,16 @@ def markdown(result: dict[str, Any]) -> str:
             f"| batcher -> Triton (python backend, 1 thread) | {callers} callers | {value['images_per_s']:.0f} "
             f"| {value['mean_batch']:.1f} | {value['p50_ms']:.1f} | {value['p95_ms']:.1f} |"
         )
+    low, high = result["ratio_batcher32_vs_in_process_b32_range"]
+    gain_low, gain_high = result["batching_gain_32_vs_1_range"]
     rows += [
         "",
         f"- ratio batcher@32 / in-process batch 32: **{result['ratio_batcher32_vs_in_process_b32']:.2f}** "
-        f"(vs batch 16: {result['ratio_batcher32_vs_in_process_b16']:.2f})",
-        f"- batching gain, 32 concurrent vs sequential batch 1: **{result['batching_gain_32_vs_1']:.1f}x**",
-        f"- {result['cpus']} CPUs, {result['seconds_per_measurement']} s per measurement",
+        f"(rounds: {low:.2f} to {high:.2f}; vs batch 16: {result['ratio_batcher32_vs_in_process_b16']:.2f})",
+        f"- batching gain, 32 concurrent vs sequential batch 1: **{result['batching_gain_32_vs_1']:.1f}x** "
+        f"(rounds: {gain_low:.1f} to {gain_high:.1f})",
+        f"- {result['cpus']} CPUs, {result['seconds_per_measurement']} s per measurement, medians of "
+        f"{result['rounds']} interleaved round(s), each ratio taken within its round",
     ]
     return "\n".join(rows)
 

@@ -86,10 +86,13 @@ def summary_rows(results: dict[str, Any]) -> list[str]:
 
     if (problem := _state(inf)) is None:
         b32 = inf["batcher"]["32"]["images_per_s"]
+        low, high = inf.get("ratio_batcher32_vs_in_process_b32_range", [float("nan")] * 2)
+        rounds = inf.get("rounds", 1)
         rows.append(
             f"| inference | batcher via Triton, 32 callers: {b32:.0f} img/s "
             f"| in-process onnxruntime, batch 32: {inf['in_process_images_per_s']['32']:.0f} img/s "
-            f"| batcher / in-process **{inf['ratio_batcher32_vs_in_process_b32']:.2f}** |"
+            f"| batcher / in-process **{inf['ratio_batcher32_vs_in_process_b32']:.2f}** "
+            f"(median of {rounds}; {low:.2f} to {high:.2f}) |"
         )
         rows.append(
             f"| inference | batcher, 32 callers: {b32:.0f} img/s "
