@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import pytest
 import yaml
 
+from infra.local.processes import SINGLE_THREADED_MATH
 from infra.resources import LAMBDA_FUNCTIONS
 from tests.deploy.conftest import CHART, ROOT, TEMPLATE, Tools, load_cfn
 
@@ -210,3 +211,11 @@ def test_lambda_image_runs_every_handler_of_infra_resources(stages: dict[str, St
         assert handler in text, f"the Dockerfile's header lists {handler}"
         module, _, function = handler.rpartition(".")
         assert callable(getattr(importlib.import_module(module), function)), handler
+
+
+def test_lambda_image_runs_blas_single_threaded(stages: dict[str, Stage]) -> None:
+    """Like the local Lambda runtime (infra/local/processes.py SINGLE_THREADED_MATH)."""
+    env = env_of(stages, "lambda")
+    for key, value in SINGLE_THREADED_MATH.items():
+        if key in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"):
+            assert env.get(key) == value, key

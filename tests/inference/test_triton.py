@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -12,12 +15,14 @@ from tests.inference.conftest import TritonServer, random_images
 from worker.inference.batcher import Batcher
 from worker.inference.client import (
     SHM_MAX_REGIONS,
+    SHM_REGION_PREFIX,
     InvalidInput,
     ModelMissing,
     ModelStatistics,
     SharedMemoryMode,
     TritonClient,
     is_loopback,
+    remove_stale_regions,
 )
 from worker.inference.spec import ModelSpec
 
@@ -200,3 +205,20 @@ async def test_batch_items_equal_the_stacked_batch(
             await client.infer(spec.name, {spec.input.name: []}, _outputs(spec))
     for name, want in zip(_outputs(spec), expected, strict=True):
         np.testing.assert_allclose(got[name], want, rtol=1e-5, atol=1e-6)
+
+
+def test_regions_of_dead_clients_are_removed(tmp_path: Path) -> None:
+    """A worker killed before it closed its client leaves its regions in /dev/shm; the next client removes
+    them, and nothing that belongs to a live process or to someone else."""
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    names = [
+        f"{SHM_REGION_PREFIX}{gone.pid}-1",
+        f"{SHM_REGION_PREFIX}{os.getpid()}-1",
+        "radstream8001_triton_python_backend_shm",
+        f"{SHM_REGION_PREFIX}not-a-pid",
+    ]
+    for name in names:
+        (tmp_path / name).write_bytes(b"x")
+    assert remove_stale_regions(str(tmp_path)) == [names[0]]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(names[1:])

@@ -11,6 +11,7 @@ import time
 import zipfile
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -20,7 +21,8 @@ import pytest
 from infra import resources
 from infra.local import lambda_runtime, moto_gaps
 from infra.local.emulator import http_ok
-from infra.local.processes import free_port
+from infra.local.processes import SINGLE_THREADED_MATH, free_port
+from infra.local.stack import child_env, isolated_settings, process_specs
 
 
 def test_pinned_to_the_moto_version_it_was_checked_against(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -189,3 +191,11 @@ def test_lambda_task_failures_reach_catch(emulator: str) -> None:
     assert output["k"] == 1
     assert output["error"]["Error"] == "ServiceException"
     assert "local Lambda runtime unreachable" in output["error"]["Cause"]
+
+
+def test_image_resizing_processes_run_blas_single_threaded(tmp_path: Path) -> None:
+    settings = isolated_settings(tmp_path, "t:k")
+    specs = {spec.name: spec for spec in process_specs(settings, child_env(settings, "t:k"))}
+    for name in ("lambda-runtime", "worker"):
+        for key, value in SINGLE_THREADED_MATH.items():
+            assert specs[name].env[key] == value, (name, key)

@@ -17,6 +17,7 @@ timeout (one request's deadline).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import itertools
 import logging
@@ -24,6 +25,7 @@ import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -40,6 +42,7 @@ READY_POLL_INTERVAL_S = 0.1
 SHM_MAX_REGIONS = 8  # at most this many requests at a time use shared memory; more go inline
 SHM_MIN_REGION_BYTES = 1 << 20
 SHM_ALIGN = 64
+SHM_REGION_PREFIX = "radstream-input-"  # + "<pid>-<n>": a region's owner can be told from its name
 SharedMemoryMode = Literal["auto", "on", "off"]
 _region_ids = itertools.count(1)
 
@@ -234,17 +237,23 @@ class _InputRegions:
         self._client = client
         self._free: list[_Region] = []
         self._all: list[_Region] = []
+        remove_stale_regions()
 
     def acquire(self, nbytes: int) -> _Region | None:
-        """A free region of at least ``nbytes`` (created when needed), or None when the pool is full."""
+        """A free region of at least ``nbytes`` (created when needed), or None: the pool is full or the
+        host has no room for another region (the request then carries its tensors inline)."""
         for index, region in enumerate(self._free):
             if region.size >= nbytes:
                 return self._free.pop(index)
         if len(self._all) >= SHM_MAX_REGIONS:
             return None
-        size = max(SHM_MIN_REGION_BYTES, 1 << (nbytes - 1).bit_length())
-        name = f"radstream_{os.getpid()}_{next(_region_ids)}"
-        handle = system_shm.create_shared_memory_region(name, f"/{name}", size)
+        size = max(SHM_MIN_REGION_BYTES, 1 << max(nbytes - 1, 0).bit_length())
+        name = f"{SHM_REGION_PREFIX}{os.getpid()}-{next(_region_ids)}"
+        try:
+            handle = system_shm.create_shared_memory_region(name, f"/{name}", size)
+        except Exception as exc:  # tritonclient raises its own SharedMemoryException (and OSError)
+            log.warning("no shared-memory region of %d bytes (%s); sending tensors inline", size, exc)
+            return None
         region = _Region(name, handle, size)
         self._all.append(region)
         return region
@@ -278,6 +287,29 @@ class _InputRegions:
             system_shm.destroy_shared_memory_region(region.handle)
         self._all.clear()
         self._free.clear()
+
+
+def remove_stale_regions(directory: str = "/dev/shm") -> list[str]:  # noqa: S108 - POSIX shm, not a temp file
+    """Unlink input regions left behind by clients whose process is gone (killed before ``close``)."""
+    removed = []
+    for path in Path(directory).glob(f"{SHM_REGION_PREFIX}*"):
+        pid_text = path.name[len(SHM_REGION_PREFIX) :].split("-", 1)[0]
+        if not pid_text.isdigit() or _alive(int(pid_text)):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+            removed.append(path.name)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 def _missing_region(exc: InferenceServerException) -> bool:
