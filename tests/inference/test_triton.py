@@ -222,3 +222,24 @@ def test_regions_of_dead_clients_are_removed(tmp_path: Path) -> None:
         (tmp_path / name).write_bytes(b"x")
     assert remove_stale_regions(str(tmp_path)) == [names[0]]
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(names[1:])
+
+
+async def test_a_triton_that_cannot_map_our_shared_memory_gets_tensors_inline(
+    triton: TritonServer, spec: ModelSpec, onnx_session: ort.InferenceSession
+) -> None:
+    """A loopback URL can be a tunnel to another host (``kubectl port-forward``), where Triton cannot open
+    this host's regions: registration fails, and the client sends this and every later request inline."""
+    images = random_images(3, seed=12, spec=spec)
+    expected = onnx_session.run(_outputs(spec), {spec.input.name: images})
+    async with TritonClient(triton.grpc_url, shared_memory="on") as client:
+        assert client._regions is not None
+        region = client._regions.acquire(images.nbytes)
+        assert region is not None
+        # What Triton on another host would see: no such region.
+        await asyncio.to_thread(os.unlink, f"/dev/shm/{region.name}")
+        client._regions.release(region)
+        got = await client.infer(spec.name, {spec.input.name: images}, _outputs(spec), version=spec.version)
+        assert not client.uses_shared_memory
+        again = await client.infer(spec.name, {spec.input.name: images}, _outputs(spec), version=spec.version)
+    for result in (got, again):
+        np.testing.assert_allclose(result[spec.outputs.probability.name], expected[0], rtol=1e-5, atol=1e-6)

@@ -237,11 +237,14 @@ class _InputRegions:
         self._client = client
         self._free: list[_Region] = []
         self._all: list[_Region] = []
+        self.disabled = False  # set when Triton cannot map this host's shared memory
         remove_stale_regions()
 
     def acquire(self, nbytes: int) -> _Region | None:
         """A free region of at least ``nbytes`` (created when needed), or None: the pool is full or the
         host has no room for another region (the request then carries its tensors inline)."""
+        if self.disabled:
+            return None
         for index, region in enumerate(self._free):
             if region.size >= nbytes:
                 return self._free.pop(index)
@@ -284,7 +287,10 @@ class _InputRegions:
                     await self._client.unregister_system_shared_memory(region.name, client_timeout=5.0)
                 except InferenceServerException as exc:  # Triton gone: nothing left to unregister
                     log.debug("unregistering %s: %s", region.name, exc)
-            system_shm.destroy_shared_memory_region(region.handle)
+            try:
+                system_shm.destroy_shared_memory_region(region.handle)
+            except (OSError, system_shm.SharedMemoryException) as exc:  # its name was removed already
+                log.debug("destroying %s: %s", region.name, exc)
         self._all.clear()
         self._free.clear()
 
@@ -339,7 +345,7 @@ class TritonClient:
 
     @property
     def uses_shared_memory(self) -> bool:
-        return self._regions is not None
+        return self._regions is not None and not self._regions.disabled
 
     async def close(self) -> None:
         if self._regions is not None:
@@ -425,25 +431,36 @@ class TritonClient:
         timeout = self.inference_timeout_s if timeout_s is None else timeout_s
         wanted = [InferRequestedOutput(name) for name in outputs]
         nbytes = sum(-(-batch.nbytes // SHM_ALIGN) * SHM_ALIGN for batch in batches.values())
-        region = self._regions.acquire(nbytes) if self._regions is not None else None
+        regions = self._regions
+        region = regions.acquire(nbytes) if regions is not None else None
         try:
             for attempt in (1, 2):
                 try:
-                    request = await self._request(batches, region, timeout)
+                    if (
+                        region is not None
+                        and regions is not None
+                        and not await self._registered(regions, region, timeout)
+                    ):
+                        regions.release(region)
+                        region = None
                     result = await self._client.infer(
-                        model, request, model_version=version, outputs=wanted, client_timeout=timeout
+                        model,
+                        self._request(batches, region),
+                        model_version=version,
+                        outputs=wanted,
+                        client_timeout=timeout,
                     )
                     break
                 except InferenceServerException as exc:
                     error = _translate(exc, model)
-                    if self._regions is not None and (isinstance(error, TritonUnavailable) or _missing_region(exc)):
-                        self._regions.forget_registrations()  # Triton may have restarted without them
+                    if regions is not None and (isinstance(error, TritonUnavailable) or _missing_region(exc)):
+                        regions.forget_registrations()  # Triton may have restarted without them
                         if attempt == 1 and _missing_region(exc):
                             continue
                     raise error from None
         finally:
-            if region is not None and self._regions is not None:
-                self._regions.release(region)
+            if region is not None and regions is not None:
+                regions.release(region)
         arrays: dict[str, npt.NDArray[Any]] = {}
         for name in outputs:
             array = result.as_numpy(name)
@@ -452,13 +469,23 @@ class TritonClient:
             arrays[name] = array
         return arrays
 
-    async def _request(
-        self, batches: Mapping[str, _Batch], region: _Region | None, timeout_s: float
-    ) -> list[InferInput]:
+    async def _registered(self, regions: _InputRegions, region: _Region, timeout_s: float) -> bool:
+        """Register ``region`` with Triton unless it is already. False when this Triton cannot map this host's
+        shared memory (a loopback URL that is a tunnel, e.g. ``kubectl port-forward``): the client then sends
+        every tensor inline. Triton being unreachable is raised as usual."""
+        try:
+            await regions.register(region, timeout_s)
+        except InferenceServerException as exc:
+            if isinstance(_translate(exc, "shared memory"), TritonUnavailable | InferenceTimeout):
+                raise
+            log.warning("Triton at %s cannot use this host's shared memory (%s); sending tensors inline", self.url, exc)
+            regions.disabled = True
+            return False
+        return True
+
+    def _request(self, batches: Mapping[str, _Batch], region: _Region | None) -> list[InferInput]:
         """The request's input tensors: written into ``region`` when there is one, else inline."""
         request = []
-        if region is not None and self._regions is not None:
-            await self._regions.register(region, timeout_s)
         offset = 0
         for name, batch in batches.items():
             tensor = InferInput(name, list(batch.shape), triton_datatype(batch.parts[0]))
