@@ -76,9 +76,14 @@ class Telemetry:
         log.error("dropped %d telemetry records after %d attempts", len(pending), MAX_ATTEMPTS)
 
 
+CLOSE_TIMEOUT_S = 10.0
+
+
 class BufferedTelemetry:
     """Collects events and sends them in one ``PutRecords`` call per interval (or when the buffer fills),
-    off the request path. For long-running services (the gateway); ``close`` flushes what is left."""
+    off the request path. For long-running services (the gateway, the worker); ``close`` flushes what is
+    left. One second between sends: a data lake needs no fresher events, and under load each call carries
+    more of them (Firehose buffers for a minute anyway)."""
 
     def __init__(self, telemetry: Telemetry, *, interval_s: float = 1.0, max_buffer: int = 10_000) -> None:
         self._telemetry = telemetry
@@ -87,6 +92,7 @@ class BufferedTelemetry:
         self._buffer: list[TelemetryEvent] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
         self.dropped = 0
 
     def emit(self, *events: TelemetryEvent) -> None:
@@ -102,10 +108,17 @@ class BufferedTelemetry:
         self._task = asyncio.create_task(self._loop(), name="telemetry-flush")
 
     async def close(self) -> None:
+        """Stop the flush loop after the send it may be in (cancelling it there would lose that batch), then
+        send what is left. A loop stuck longer than ``CLOSE_TIMEOUT_S`` is cancelled."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            self._stopping = True
+            self._wake.set()
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), CLOSE_TIMEOUT_S)
+            except TimeoutError:
+                self._task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._task
         await self.flush()
 
     async def flush(self) -> None:
@@ -114,7 +127,7 @@ class BufferedTelemetry:
             await self._telemetry.emit(*events)
 
     async def _loop(self) -> None:
-        while True:
+        while not self._stopping:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._interval_s)
             self._wake.clear()

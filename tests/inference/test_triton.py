@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
+from tritonclient.utils import shared_memory as system_shm
 
 from tests.inference.conftest import TritonServer, random_images
 from worker.inference.batcher import Batcher
@@ -152,7 +153,10 @@ async def test_shared_memory_inputs_equal_inline_inputs(
         assert shared.uses_shared_memory
         got_shared = await shared.infer(spec.name, {spec.input.name: images}, _outputs(spec), version=spec.version)
         assert shared._regions is not None
-        ours = {region.name for region in shared._regions._all}
+        (region,) = shared._regions._all
+        written = system_shm.get_contents_as_numpy(region.handle, np.float32, list(images.shape))
+        np.testing.assert_array_equal(written, images)  # the tensors went through the region
+        ours = {region.name}
         registered = await shared._client.get_system_shared_memory_status(as_json=True)
         assert ours and ours <= set(registered.get("regions", {}))
     for name, want in zip(_outputs(spec), expected, strict=True):
@@ -185,6 +189,8 @@ async def test_more_concurrent_requests_than_regions_still_succeed(
         results = await asyncio.gather(
             *(client.infer(spec.name, {spec.input.name: b}, _outputs(spec), version=spec.version) for b in batches)
         )
+        assert client._regions is not None
+        assert len(client._regions._all) == SHM_MAX_REGIONS  # the other half went inline, none waited
     for batch, got in zip(batches, results, strict=True):
         want = onnx_session.run(_outputs(spec), {spec.input.name: batch})
         np.testing.assert_allclose(got[spec.outputs.probability.name], want[0], rtol=1e-5, atol=1e-6)

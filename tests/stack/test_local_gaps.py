@@ -199,3 +199,36 @@ def test_image_resizing_processes_run_blas_single_threaded(tmp_path: Path) -> No
     for name in ("lambda-runtime", "worker"):
         for key, value in SINGLE_THREADED_MATH.items():
             assert specs[name].env[key] == value, (name, key)
+
+
+def test_a_missing_lambda_function_fails_the_task_with_its_aws_error_name(emulator: str) -> None:
+    """As through the Lambda API: the task fails with ``Lambda.ResourceNotFoundException``, which Catch matches."""
+    sfn = _client("stepfunctions", emulator)
+    missing = "arn:aws:lambda:us-east-1:123456789012:function:no-such-function"
+    definition = {
+        "StartAt": "Call",
+        "States": {
+            "Call": {
+                "Type": "Task",
+                "Resource": "arn:aws:states:::lambda:invoke",
+                "Parameters": {"FunctionName": missing, "Payload.$": "$"},
+                "Catch": [
+                    {"ErrorEquals": ["Lambda.ResourceNotFoundException"], "ResultPath": "$.error", "Next": "Caught"}
+                ],
+                "End": True,
+            },
+            "Caught": {"Type": "Pass", "End": True},
+        },
+    }
+    arn = sfn.create_state_machine(
+        name="lambda-missing", definition=json.dumps(definition), roleArn="arn:aws:iam::123456789012:role/sfn"
+    )["stateMachineArn"]
+    execution = sfn.start_execution(stateMachineArn=arn, name="call-missing", input="{}")["executionArn"]
+    deadline = time.monotonic() + 30
+    while (described := sfn.describe_execution(executionArn=execution))["status"] == "RUNNING":
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    assert described["status"] == "SUCCEEDED", sfn.get_execution_history(executionArn=execution)["events"][-3:]
+    error = json.loads(described["output"])["error"]
+    assert error["Error"] == "Lambda.ResourceNotFoundException"
+    assert "no-such-function" in error["Cause"]

@@ -22,6 +22,7 @@ import ipaddress
 import itertools
 import logging
 import os
+import secrets
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -42,9 +43,10 @@ READY_POLL_INTERVAL_S = 0.1
 SHM_MAX_REGIONS = 8  # at most this many requests at a time use shared memory; more go inline
 SHM_MIN_REGION_BYTES = 1 << 20
 SHM_ALIGN = 64
-SHM_REGION_PREFIX = "radstream-input-"  # + "<pid>-<n>": a region's owner can be told from its name
+SHM_REGION_PREFIX = "radstream-input-"  # + "<pid>-<random>-<n>": the owner can be told from the name
 SharedMemoryMode = Literal["auto", "on", "off"]
 _region_ids = itertools.count(1)
+_PROCESS_TOKEN = secrets.token_hex(4)
 
 
 # --------------------------------------------------------------------------------------------- errors
@@ -182,8 +184,8 @@ def _translate(exc: InferenceServerException, model: str) -> TritonError:
     if "DEADLINE_EXCEEDED" in status or "Deadline Exceeded" in message:
         return InferenceTimeout(text)
     lowered = message.lower()
-    if "shared memory region" in lowered:
-        return ServerError(f"{text} (the client's shared-memory region is not registered with this server)")
+    if "shared memory" in lowered:
+        return ServerError(f"{text} (shared-memory input)")
     if "unknown model" in lowered or "is not found" in lowered or "NOT_FOUND" in status:
         return ModelMissing(text)
     if "not ready" in lowered or "unavailable" in lowered:
@@ -238,6 +240,7 @@ class _InputRegions:
         self._free: list[_Region] = []
         self._all: list[_Region] = []
         self.disabled = False  # set when Triton cannot map this host's shared memory
+        self._closed = False
         remove_stale_regions()
 
     def acquire(self, nbytes: int) -> _Region | None:
@@ -251,9 +254,10 @@ class _InputRegions:
         if len(self._all) >= SHM_MAX_REGIONS:
             return None
         size = max(SHM_MIN_REGION_BYTES, 1 << max(nbytes - 1, 0).bit_length())
-        name = f"{SHM_REGION_PREFIX}{os.getpid()}-{next(_region_ids)}"
+        # The random part keeps a restarted container (often the same PID) off its predecessor's leftovers.
+        name = f"{SHM_REGION_PREFIX}{os.getpid()}-{_PROCESS_TOKEN}-{next(_region_ids)}"
         try:
-            handle = system_shm.create_shared_memory_region(name, f"/{name}", size)
+            handle = system_shm.create_shared_memory_region(name, f"/{name}", size, create_only=True)
         except Exception as exc:  # tritonclient raises its own SharedMemoryException (and OSError)
             log.warning("no shared-memory region of %d bytes (%s); sending tensors inline", size, exc)
             return None
@@ -262,7 +266,8 @@ class _InputRegions:
         return region
 
     def release(self, region: _Region) -> None:
-        self._free.append(region)
+        if not self._closed:  # a request that outlived close(): its region is gone already
+            self._free.append(region)
 
     async def register(self, region: _Region, timeout_s: float) -> None:
         if region.registered:
@@ -281,12 +286,13 @@ class _InputRegions:
             region.registered = False
 
     async def close(self) -> None:
+        self._closed = True
         for region in self._all:
-            if region.registered:
-                try:
-                    await self._client.unregister_system_shared_memory(region.name, client_timeout=5.0)
-                except InferenceServerException as exc:  # Triton gone: nothing left to unregister
-                    log.debug("unregistering %s: %s", region.name, exc)
+            # Every region, not only those marked registered: after an outage Triton may still hold some.
+            try:
+                await self._client.unregister_system_shared_memory(region.name, client_timeout=5.0)
+            except InferenceServerException as exc:  # Triton gone, or it never knew the region
+                log.debug("unregistering %s: %s", region.name, exc)
             try:
                 system_shm.destroy_shared_memory_region(region.handle)
             except (OSError, system_shm.SharedMemoryException) as exc:  # its name was removed already
@@ -492,7 +498,10 @@ class TritonClient:
             if region is None:
                 tensor.set_data_from_numpy(batch.stacked())
             else:
-                system_shm.set_shared_memory_region(region.handle, list(batch.parts), offset=offset)
+                try:
+                    system_shm.set_shared_memory_region(region.handle, list(batch.parts), offset=offset)
+                except system_shm.SharedMemoryException as exc:
+                    raise ServerError(f"writing {name!r} into shared memory {region.name}: {exc}") from exc
                 tensor.set_shared_memory(region.name, batch.nbytes, offset=offset)
                 offset += -(-batch.nbytes // SHM_ALIGN) * SHM_ALIGN
             request.append(tensor)
