@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import (
@@ -60,6 +62,21 @@ def _base(sop_class: str, uids: StudyUids, modality: str) -> Dataset:
     return ds
 
 
+def set_grayscale_pixels(ds: Dataset, pixels: npt.NDArray[np.integer[Any]], *, bits_stored: int) -> None:
+    """Put a 2D integer array into ``ds`` with its Image Pixel module (one MONOCHROME2 sample per pixel);
+    rows, columns, bits allocated and signedness come from the array."""
+    if pixels.ndim != 2 or pixels.dtype.kind not in "iu":
+        raise ValueError(f"expected a 2D integer array, got {pixels.dtype} {pixels.shape}")
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.Rows, ds.Columns = pixels.shape
+    ds.BitsAllocated = pixels.dtype.itemsize * 8
+    ds.BitsStored = bits_stored
+    ds.HighBit = bits_stored - 1
+    ds.PixelRepresentation = 1 if pixels.dtype.kind == "i" else 0
+    ds.PixelData = np.ascontiguousarray(pixels).tobytes()
+
+
 def ct_slice(
     uids: StudyUids,
     index: int,
@@ -81,14 +98,6 @@ def ct_slice(
     ds.SliceThickness = 2.5
     ds.KVP = 120
     ds.AcquisitionNumber = 1
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.Rows = rows
-    ds.Columns = cols
-    ds.BitsAllocated = 16
-    ds.BitsStored = 16
-    ds.HighBit = 15
-    ds.PixelRepresentation = 1
     ds.RescaleIntercept = -1024
     ds.RescaleSlope = 1
     ds.WindowCenter = 40
@@ -97,7 +106,7 @@ def ct_slice(
     yy, xx = np.mgrid[0:rows, 0:cols]
     body = ((yy - rows / 2) ** 2 / (rows * 0.42) ** 2 + (xx - cols / 2) ** 2 / (cols * 0.35) ** 2) <= 1
     pixels = np.where(body, 1064, 24).astype(np.int16) + rng.integers(-20, 20, (rows, cols), dtype=np.int16)
-    ds.PixelData = pixels.tobytes()
+    set_grayscale_pixels(ds, pixels, bits_stored=16)
     return ds
 
 
@@ -107,17 +116,9 @@ def dx_image(uids: StudyUids, *, rows: int = 1024, cols: int = 1024, seed: int =
     ds.InstanceNumber = 1
     ds.ImageType = ["ORIGINAL", "PRIMARY"]
     ds.PresentationIntentType = "FOR PRESENTATION"
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.Rows = rows
-    ds.Columns = cols
-    ds.BitsAllocated = 16
-    ds.BitsStored = 12
-    ds.HighBit = 11
-    ds.PixelRepresentation = 0
     ds.ImagerPixelSpacing = [0.15, 0.15]
     rng = np.random.default_rng(seed)
-    ds.PixelData = rng.integers(0, 4095, (rows, cols), dtype=np.uint16).tobytes()
+    set_grayscale_pixels(ds, rng.integers(0, 4095, (rows, cols), dtype=np.uint16), bits_stored=12)
     return ds
 
 

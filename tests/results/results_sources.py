@@ -18,6 +18,7 @@ from pydicom.uid import (
     generate_uid,
 )
 
+from radstream.synthetic import set_grayscale_pixels
 from worker.inference.types import InstanceOutput
 
 PATIENT_NAME = "Doe^Jane"
@@ -49,12 +50,6 @@ def _base(study_uid: str, series_uid: str, sop_class_uid: str, modality: str, nu
     ds.Manufacturer = "Scanner Co"
     ds.InstanceNumber = number
     ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"] if modality == "CT" else ["ORIGINAL", "PRIMARY"]
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated = 16
-    ds.BitsStored = 12
-    ds.HighBit = 11
-    ds.PixelRepresentation = 0
     return ds
 
 
@@ -77,8 +72,7 @@ def make_ct_series(study_uid: str, slices: int = 3, size: int = 64) -> list[Data
         ds.RescaleIntercept = -1024
         ds.RescaleSlope = 1
         ds.RescaleType = "HU"
-        ds.Rows = ds.Columns = size
-        ds.PixelData = np.full((size, size), 1024 + index, dtype=np.uint16).tobytes()
+        set_grayscale_pixels(ds, np.full((size, size), 1024 + index, dtype=np.uint16), bits_stored=12)
         images.append(ds)
     return images
 
@@ -91,8 +85,7 @@ def make_cr(study_uid: str, rows: int = 70, columns: int = 50) -> Dataset:
     ds.ViewPosition = "AP"
     ds.PatientOrientation = ["L", "F"]
     ds.ImagerPixelSpacing = [0.15, 0.15]
-    ds.Rows, ds.Columns = rows, columns
-    ds.PixelData = np.zeros((rows, columns), dtype=np.uint16).tobytes()
+    set_grayscale_pixels(ds, np.zeros((rows, columns), dtype=np.uint16), bits_stored=12)
     return ds
 
 
@@ -113,8 +106,7 @@ def make_dx(study_uid: str, rows: int = 80, columns: int = 60) -> Dataset:
     ds.BurnedInAnnotation = "NO"
     ds.PixelIntensityRelationship = "LIN"
     ds.PixelIntensityRelationshipSign = 1
-    ds.Rows, ds.Columns = rows, columns
-    ds.PixelData = np.zeros((rows, columns), dtype=np.uint16).tobytes()
+    set_grayscale_pixels(ds, np.zeros((rows, columns), dtype=np.uint16), bits_stored=12)
     return ds
 
 

@@ -119,6 +119,8 @@ def to_ct_dataset(hu: npt.NDArray[Any], sop_instance_uid: str | None = None) -> 
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import UID, CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
+    from radstream.synthetic import set_grayscale_pixels  # here, not at the top: train.py loads this file alone
+
     stored = np.clip(np.round(hu) + 1024, 0, 4095).astype(np.uint16)
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = CTImageStorage
@@ -131,14 +133,7 @@ def to_ct_dataset(hu: npt.NDArray[Any], sop_instance_uid: str | None = None) -> 
     ds.StudyInstanceUID = generate_uid()
     ds.SeriesInstanceUID = generate_uid()
     ds.Modality = "CT"
-    ds.Rows, ds.Columns = stored.shape
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated = 16
-    ds.BitsStored = 12
-    ds.HighBit = 11
-    ds.PixelRepresentation = 0
     ds.RescaleSlope = 1
     ds.RescaleIntercept = -1024
-    ds.PixelData = stored.tobytes()
+    set_grayscale_pixels(ds, stored, bits_stored=12)
     return ds
