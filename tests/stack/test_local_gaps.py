@@ -148,6 +148,35 @@ def test_concurrent_executions_of_one_definition_stay_separate(emulator: str) ->
         assert len(attempts) == 3
 
 
+def _caught_lambda_task(sfn: Any, machine: str, function: str, error: str, payload: dict[str, Any]) -> dict[str, Any]:
+    """Run a one-task state machine that invokes ``function`` and catches ``error`` into ``$.error``; the
+    execution must succeed (only through that Catch). Returns its output."""
+    definition = {
+        "StartAt": "Call",
+        "States": {
+            "Call": {
+                "Type": "Task",
+                "Resource": "arn:aws:states:::lambda:invoke",
+                "Parameters": {"FunctionName": function, "Payload.$": "$"},
+                "Catch": [{"ErrorEquals": [error], "ResultPath": "$.error", "Next": "Caught"}],
+                "End": True,
+            },
+            "Caught": {"Type": "Pass", "End": True},
+        },
+    }
+    arn = sfn.create_state_machine(
+        name=machine, definition=json.dumps(definition), roleArn="arn:aws:iam::123456789012:role/sfn"
+    )["stateMachineArn"]
+    execution = sfn.start_execution(stateMachineArn=arn, name=f"{machine}-1", input=json.dumps(payload))["executionArn"]
+    deadline = time.monotonic() + 30
+    while (described := sfn.describe_execution(executionArn=execution))["status"] == "RUNNING":
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    assert described["status"] == "SUCCEEDED", sfn.get_execution_history(executionArn=execution)["events"][-3:]
+    output: dict[str, Any] = json.loads(described["output"])
+    return output
+
+
 def test_lambda_task_failures_reach_catch(emulator: str) -> None:
     """``lambda:invoke`` tasks go to the Lambda backend directly (no HTTP request from the emulator to itself);
     a failure still comes back as the task's typed error, which Catch matches by name."""
@@ -165,29 +194,7 @@ def test_lambda_task_failures_reach_catch(emulator: str) -> None:
         Handler="worker.lambdas.validate_metadata",
         Code={"ZipFile": buffer.getvalue()},
     )["FunctionArn"]
-    definition = {
-        "StartAt": "Call",
-        "States": {
-            "Call": {
-                "Type": "Task",
-                "Resource": "arn:aws:states:::lambda:invoke",
-                "Parameters": {"FunctionName": fn, "Payload.$": "$"},
-                "Catch": [{"ErrorEquals": ["ServiceException"], "ResultPath": "$.error", "Next": "Caught"}],
-                "End": True,
-            },
-            "Caught": {"Type": "Pass", "End": True},
-        },
-    }
-    arn = sfn.create_state_machine(
-        name="lambda-direct", definition=json.dumps(definition), roleArn="arn:aws:iam::123456789012:role/sfn"
-    )["stateMachineArn"]
-    execution = sfn.start_execution(stateMachineArn=arn, name="call-1", input='{"k": 1}')["executionArn"]
-    deadline = time.monotonic() + 30
-    while (described := sfn.describe_execution(executionArn=execution))["status"] == "RUNNING":
-        assert time.monotonic() < deadline
-        time.sleep(0.2)
-    assert described["status"] == "SUCCEEDED", sfn.get_execution_history(executionArn=execution)["events"][-3:]
-    output = json.loads(described["output"])
+    output = _caught_lambda_task(sfn, "lambda-direct", fn, "ServiceException", {"k": 1})
     assert output["k"] == 1
     assert output["error"]["Error"] == "ServiceException"
     assert "local Lambda runtime unreachable" in output["error"]["Cause"]
@@ -205,30 +212,6 @@ def test_a_missing_lambda_function_fails_the_task_with_its_aws_error_name(emulat
     """As through the Lambda API: the task fails with ``Lambda.ResourceNotFoundException``, which Catch matches."""
     sfn = _client("stepfunctions", emulator)
     missing = "arn:aws:lambda:us-east-1:123456789012:function:no-such-function"
-    definition = {
-        "StartAt": "Call",
-        "States": {
-            "Call": {
-                "Type": "Task",
-                "Resource": "arn:aws:states:::lambda:invoke",
-                "Parameters": {"FunctionName": missing, "Payload.$": "$"},
-                "Catch": [
-                    {"ErrorEquals": ["Lambda.ResourceNotFoundException"], "ResultPath": "$.error", "Next": "Caught"}
-                ],
-                "End": True,
-            },
-            "Caught": {"Type": "Pass", "End": True},
-        },
-    }
-    arn = sfn.create_state_machine(
-        name="lambda-missing", definition=json.dumps(definition), roleArn="arn:aws:iam::123456789012:role/sfn"
-    )["stateMachineArn"]
-    execution = sfn.start_execution(stateMachineArn=arn, name="call-missing", input="{}")["executionArn"]
-    deadline = time.monotonic() + 30
-    while (described := sfn.describe_execution(executionArn=execution))["status"] == "RUNNING":
-        assert time.monotonic() < deadline
-        time.sleep(0.2)
-    assert described["status"] == "SUCCEEDED", sfn.get_execution_history(executionArn=execution)["events"][-3:]
-    error = json.loads(described["output"])["error"]
+    error = _caught_lambda_task(sfn, "lambda-missing", missing, "Lambda.ResourceNotFoundException", {})["error"]
     assert error["Error"] == "Lambda.ResourceNotFoundException"
     assert "no-such-function" in error["Cause"]

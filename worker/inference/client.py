@@ -147,6 +147,11 @@ class _Batch:
     def nbytes(self) -> int:
         return sum(part.nbytes for part in self.parts)
 
+    @property
+    def aligned_nbytes(self) -> int:
+        """Room it takes in a shared-memory region, where each tensor starts on a ``SHM_ALIGN`` boundary."""
+        return -(-self.nbytes // SHM_ALIGN) * SHM_ALIGN
+
     @classmethod
     def of(cls, name: str, value: TensorInput) -> _Batch:
         if isinstance(value, np.ndarray):
@@ -436,7 +441,7 @@ class TritonClient:
                 expected[name].check_layout(batch.dtype, batch.shape)
         timeout = self.inference_timeout_s if timeout_s is None else timeout_s
         wanted = [InferRequestedOutput(name) for name in outputs]
-        nbytes = sum(-(-batch.nbytes // SHM_ALIGN) * SHM_ALIGN for batch in batches.values())
+        nbytes = sum(batch.aligned_nbytes for batch in batches.values())
         regions = self._regions
         region = regions.acquire(nbytes) if regions is not None else None
         try:
@@ -503,7 +508,7 @@ class TritonClient:
                 except system_shm.SharedMemoryException as exc:
                     raise ServerError(f"writing {name!r} into shared memory {region.name}: {exc}") from exc
                 tensor.set_shared_memory(region.name, batch.nbytes, offset=offset)
-                offset += -(-batch.nbytes // SHM_ALIGN) * SHM_ALIGN
+                offset += batch.aligned_nbytes
             request.append(tensor)
         return request
 
