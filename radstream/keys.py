@@ -60,14 +60,10 @@ def result_key(tenant: str, study: str, name: str) -> str:
     return f"results/{tenant}/{study}/{name}"
 
 
-def tensor_key(tenant: str, study: str, sop: str) -> str:
+def prepared_key(tenant: str, study: str, sop: str) -> str:
+    """The model-ready tensor and pixel-free header of one instance (worker/pipeline/prepared.py)."""
     _check(tenant, study, sop)
-    return f"work/{tenant}/{study}/{sop}.npy"
-
-
-def header_key(tenant: str, study: str, sop: str) -> str:
-    _check(tenant, study, sop)
-    return f"work/{tenant}/{study}/{sop}.hdr.dcm"
+    return f"work/{tenant}/{study}/{sop}.prepared.npz"
 
 
 def outputs_prefix(tenant: str, study: str) -> str:

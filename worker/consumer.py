@@ -15,15 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import io
 import json
 import logging
 import statistics
 import time
 from dataclasses import dataclass
 from typing import Any
-
-import numpy as np
 
 from radstream import keys
 from radstream.errors import NotFound, StorageUnavailable
@@ -36,6 +33,7 @@ from worker.inference.preprocess import PreparedImage
 from worker.inference.service import to_instance_output
 from worker.inference.spec import ModelSpec
 from worker.pipeline import outputs as output_codec
+from worker.pipeline import prepared as prepared_codec
 
 log = logging.getLogger("radstream.worker")
 
@@ -207,19 +205,19 @@ class InferenceWorker:
             raise KeyError(f"model {job.model!r} is not served by this worker")
         batcher = self.batchers[job.model]
 
-        async def one(sop: str, rows: int, cols: int) -> tuple[Any, int]:
-            raw = await self.images.get_bytes(keys.tensor_key(job.tenant, job.study, sop))
-            tensor = np.load(io.BytesIO(raw), allow_pickle=False)
+        async def one(sop: str, rows: int, cols: int) -> tuple[Any, bytes, int]:
+            raw = await self.images.get_bytes(keys.prepared_key(job.tenant, job.study, sop))
+            tensor, header = prepared_codec.decode(raw)
             result = await batcher.infer(tensor)
             prepared = PreparedImage(sop, "", "", tensor, (rows, cols), 0, {})
-            return to_instance_output(prepared, spec, result), result.batch_size
+            return to_instance_output(prepared, spec, result), header, result.batch_size
 
         results = await asyncio.gather(*(one(*image) for image in job.images))
-        data = output_codec.encode([r[0] for r in results])
+        data = output_codec.encode([r[0] for r in results], [r[1] for r in results])
         await self.images.put_bytes(
             keys.outputs_key(job.tenant, job.study, job.request_id), data, content_type="application/octet-stream"
         )
-        return [r[1] for r in results]
+        return [r[2] for r in results]
 
     async def _keepalive(self, receipt: str, token: str) -> None:
         interval = max(1.0, self.settings.worker_visibility_timeout_s / 3)

@@ -45,6 +45,10 @@ def invoke(handler_path: str, event: dict[str, Any]) -> dict[str, Any]:
 
 
 class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive: every answer has a Content-Length
+    timeout = 120  # an idle connection's thread ends after this many seconds
+    disable_nagle_algorithm = True  # headers and body are separate writes on a connection that stays open
+
     def do_GET(self) -> None:
         self._reply(200, {"status": "ok"})
 

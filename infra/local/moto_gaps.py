@@ -22,7 +22,13 @@ and only here:
    components keep per-execution state in the execution's environment, not in themselves), clients and
    JSONPath expressions are cached, and ``lambda:invoke`` tasks call the Lambda backend directly (the
    task sees the same payload, FunctionError and error names; ``LogType`` is not honoured, as moto keeps
-   no logs). This took the emulator's CPU per single-image study from about 150 ms to about 95 ms.
+   no logs). Service integrations (``sqs:sendMessage.waitForTaskToken``) and the Firehose pump use boto3
+   clients that reach the backends in this process, as moto's decorator mode does, not through HTTP.
+6. HTTP speed, same answers: moto's server closes every connection (werkzeug's development server), lists
+   its package directory and inspects its response classes for every request. Here connections are kept
+   alive (with TCP_NODELAY), and those lookups are done once. Invocations of the local Lambda runtime reuse
+   connections too. With 5, this took the emulator's CPU per single-image study from about 150 ms to about
+   60 ms.
 
 What only real AWS can show: Lambda cold starts, memory limits and IAM enforcement; EventBridge's
 delivery latency; Firehose's real buffering; Athena (``radstream stats`` runs the same SQL on DuckDB).
@@ -32,14 +38,16 @@ from __future__ import annotations
 
 import argparse
 import copy
+import http.client
 import io
 import json
 import logging
 import os
 import signal
+import socket
 import threading
 import time
-import urllib.request
+import urllib.parse
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -60,20 +68,62 @@ def _check_version() -> None:
 
 
 # --------------------------------------------------------------------------------------------- Lambda
+class _RuntimeConnections:
+    """Keep-alive connections to the local Lambda runtime, shared by the threads that invoke functions (Step
+    Functions evaluates every task on a thread of its own, so per-thread connections would never be reused)."""
+
+    MAX_IDLE = 16
+
+    def __init__(self) -> None:
+        self._idle: list[http.client.HTTPConnection] = []
+        self._lock = threading.Lock()
+
+    def post(self, url: str, body: bytes, timeout: float) -> tuple[int, bytes]:
+        parts = urllib.parse.urlsplit(url)
+        for attempt in range(2):
+            with self._lock:
+                conn = self._idle.pop() if self._idle else None
+            reused = conn is not None
+            if conn is None:
+                conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=timeout)
+            elif conn.sock is not None:
+                conn.sock.settimeout(timeout)
+            try:
+                conn.request("POST", parts.path or "/", body, {"Content-Type": "application/json"})
+                response = conn.getresponse()
+                data = response.read()
+            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+                conn.close()
+                if reused and attempt == 0:  # the runtime closed an idle connection: once more, on a new one
+                    continue
+                raise
+            except BaseException:
+                conn.close()
+                raise
+            with self._lock:
+                if len(self._idle) < self.MAX_IDLE and not response.will_close:
+                    self._idle.append(conn)
+                else:
+                    conn.close()
+            return response.status, data
+        raise AssertionError("unreachable")
+
+
+_RUNTIME = _RuntimeConnections()
+
+
 def _invoke_remote(self: Any, event: Any = None) -> tuple[str, bool, str]:
     """Run the function's handler in the local Lambda runtime process (infra/local/lambda_runtime.py)."""
     if isinstance(event, (str, bytes)):
         event = json.loads(event or "{}")
-    request = urllib.request.Request(  # noqa: S310 - loopback URL from settings
-        f"{os.environ['RADSTREAM_LAMBDA_RUNTIME_URL']}/invoke",
-        data=json.dumps({"handler": self.handler, "event": event if event is not None else {}}).encode(),
-        headers={"Content-Type": "application/json"},
-        method="POST",
-    )
+    body = json.dumps({"handler": self.handler, "event": event if event is not None else {}}).encode()
+    url = f"{os.environ['RADSTREAM_LAMBDA_RUNTIME_URL']}/invoke"
     try:
-        with urllib.request.urlopen(request, timeout=float(self.timeout or 300)) as response:  # noqa: S310
-            answer = json.loads(response.read())
-    except (OSError, ValueError) as exc:
+        status, data = _RUNTIME.post(url, body, timeout=float(self.timeout or 300))
+        answer = json.loads(data)
+        if status != 200 and "error" not in answer:
+            raise ValueError(f"HTTP {status}")
+    except (OSError, ValueError, http.client.HTTPException) as exc:
         payload = {"errorMessage": f"local Lambda runtime unreachable: {exc}", "errorType": "ServiceException"}
         return json.dumps(payload), True, ""
     if "error" in answer:
@@ -161,16 +211,10 @@ def _expand_prefix(prefix: str, now: datetime) -> str:
 class FirehosePump:
     """Delivers Kinesis-sourced Firehose streams to S3, as the real service would."""
 
-    def __init__(self, endpoint: str, region: str) -> None:
-        kwargs: dict[str, Any] = {
-            "endpoint_url": endpoint,
-            "region_name": region,
-            "aws_access_key_id": "radstream",
-            "aws_secret_access_key": "radstream",
-        }
-        self.firehose = boto3.client("firehose", **kwargs)
-        self.kinesis = boto3.client("kinesis", **kwargs)
-        self.s3 = boto3.client("s3", **kwargs)
+    def __init__(self, region: str) -> None:
+        self.firehose = in_process_client("firehose", region)
+        self.kinesis = in_process_client("kinesis", region)
+        self.s3 = in_process_client("s3", region)
         self._iterators: dict[tuple[str, str], str] = {}
         self._sequence = 0
 
@@ -252,14 +296,33 @@ _CLIENTS: dict[tuple[str, str], Any] = {}
 _CLIENTS_LOCK = threading.Lock()
 
 
+def in_process_client(service: str, region: str) -> Any:
+    """A boto3 client whose requests go straight to this process's moto backends, as in moto's decorator
+    mode: the same request and response serialisation, but no socket, HTTP server or thread per request."""
+    from botocore.config import Config
+    from moto.core.botocore_stubber import BotocoreStubber
+
+    stubber = BotocoreStubber()
+    stubber.enabled = True
+    with _CLIENTS_LOCK:  # creating clients on one boto3 session is not thread-safe; using them is
+        client = boto3.client(
+            service,
+            region_name=region,
+            aws_access_key_id="radstream",
+            aws_secret_access_key="radstream",  # noqa: S106 - the emulator accepts any key
+            config=Config(parameter_validation=False, retries={"total_max_attempts": 1}),
+        )
+    client.meta.events.register("before-send", stubber)
+    return client
+
+
 def _cached_client_factory(original: Any) -> Any:
     def boto_client_for(region: str, service: str, state_credentials: Any = None) -> Any:
-        if state_credentials:  # a role assumed per state: not shared
+        if state_credentials:  # a role assumed per state: not shared, through moto's HTTP path
             return original(region=region, service=service, state_credentials=state_credentials)
-        with _CLIENTS_LOCK:  # creating clients on one boto3 session is not thread-safe; using them is
-            client = _CLIENTS.get((region, service))
-            if client is None:
-                client = _CLIENTS[(region, service)] = original(region=region, service=service)
+        client = _CLIENTS.get((region, service))
+        if client is None:
+            client = _CLIENTS.setdefault((region, service), in_process_client(service, region))
         return client
 
     return boto_client_for
@@ -317,6 +380,146 @@ def _patch_stepfunctions_speed() -> None:
     result_path.parse = functools.lru_cache(maxsize=1024)(result_path.parse)  # type: ignore[attr-defined]
 
 
+# ------------------------------------------------------------------------------------------ HTTP layer
+def _patch_dispatch_speed() -> None:
+    """Per-request work in moto's dispatch that gives the same answer every time, done once.
+
+    ``list_of_moto_modules`` lists moto's package directory (one ``isdir`` per service) for every request;
+    ``method_names_from_class`` runs ``inspect.getmembers`` on the response class for every request;
+    EventBridge input transformers build a new JSONPath parser (PLY tables) for every event.
+    """
+    import functools
+
+    import jsonpath_ng.ext
+    from moto import backends
+    from moto.core import responses, utils
+
+    modules = frozenset(backends.list_of_moto_modules())
+    backends.list_of_moto_modules = lambda: modules
+    names = functools.cache(lambda clazz: frozenset(utils.method_names_from_class(clazz)))
+    responses.method_names_from_class = names  # type: ignore[attr-defined,assignment]
+    jsonpath_ng.ext.parse = functools.lru_cache(maxsize=256)(jsonpath_ng.ext.parse)  # type: ignore[attr-defined]
+
+
+class _Body:
+    """``wsgi.input`` bounded by Content-Length, so what the application left unread can be drained and the
+    connection reused."""
+
+    def __init__(self, stream: Any, length: int) -> None:
+        self.stream = stream
+        self.remaining = length
+
+    def read(self, size: int | None = -1) -> bytes:
+        if size is None or size < 0 or size > self.remaining:
+            size = self.remaining
+        data: bytes = self.stream.read(size) if size else b""
+        self.remaining -= len(data)
+        return data
+
+    def readline(self, size: int | None = -1) -> bytes:
+        if size is None or size < 0 or size > self.remaining:
+            size = self.remaining
+        data: bytes = self.stream.readline(size) if size else b""
+        self.remaining -= len(data)
+        return data
+
+
+_EXHAUSTED = io.BytesIO(b"")
+
+
+def _keep_alive_handler() -> type:
+    """moto's request handler with HTTP/1.1 keep-alive.
+
+    Werkzeug's development server answers every request with ``Connection: close`` because Python's
+    http.server cannot drain a request body the application did not read. This handler bounds the body by
+    its Content-Length, drains what is left after the application returned (at most ``DRAIN_LIMIT``), and
+    then keeps the connection; chunked request bodies, HTTP/1.0 and ``Connection: close`` still close it.
+    Every request of every client used to pay a TCP connect, an accept and a new server thread.
+    """
+    from moto.moto_server.werkzeug_app import MotoRequestHandler
+
+    class KeepAliveHandler(MotoRequestHandler):
+        timeout = KEEP_ALIVE_IDLE_S  # an idle connection's thread ends after this
+        _body: _Body | None = None
+        _keep = False
+
+        def setup(self) -> None:
+            super().setup()
+            # Headers and body go out in separate writes; with Nagle's algorithm the second waits for the
+            # client's delayed ACK (40 ms) on a connection that stays open.
+            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+        def make_environ(self) -> dict[str, Any]:
+            environ = super().make_environ()
+            self._body = None
+            self._keep = False
+            if self.request_version != "HTTP/1.1" or self.headers.get("Connection", "").lower() == "close":
+                return environ
+            if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+                return environ
+            try:
+                length = int(self.headers.get("Content-Length") or 0)
+            except ValueError:
+                return environ
+            self._body = _Body(self.rfile, length)
+            environ["wsgi.input"] = self._body
+            self._keep = True
+            # After the response werkzeug reads whatever the socket still holds (it assumes the connection
+            # closes): with keep-alive that is the client's next request. Until run_wsgi returns, that read
+            # sees an exhausted stream; the body is read through ``_body``, which holds the real one.
+            self.rfile = _EXHAUSTED
+            return environ
+
+        def send_header(self, keyword: str, value: str) -> None:
+            if self._keep and keyword.lower() == "connection" and value.lower() == "close":
+                return
+            super().send_header(keyword, value)
+
+        def run_wsgi(self) -> None:
+            try:
+                super().run_wsgi()
+            finally:
+                if self._body is not None:
+                    self.rfile = self._body.stream
+            body = self._body
+            if not self._keep or body is None:
+                self.close_connection = True
+                return
+            if body.remaining > DRAIN_LIMIT:
+                self.close_connection = True
+                return
+            while body.remaining:
+                if not body.read(min(body.remaining, 1 << 16)):
+                    self.close_connection = True
+                    return
+
+    return KeepAliveHandler
+
+
+KEEP_ALIVE_IDLE_S = 120.0
+DRAIN_LIMIT = 16 << 20
+
+
+class EmulatorServer:
+    """moto's server application (the same ``DomainDispatcherApplication`` as ``moto_server``), threaded,
+    with keep-alive connections."""
+
+    def __init__(self, host: str, port: int) -> None:
+        from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+        from werkzeug.serving import make_server
+
+        app = DomainDispatcherApplication(create_backend_app)
+        self._server = make_server(host, port, app, threaded=True, request_handler=_keep_alive_handler())
+        self._thread = threading.Thread(target=self._server.serve_forever, name="emulator-http", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
 # ------------------------------------------------------------------------------------------------- main
 def install() -> None:
     _check_version()
@@ -329,6 +532,7 @@ def install() -> None:
     _patch_events()
     _patch_send_task_failure()
     _patch_stepfunctions_speed()
+    _patch_dispatch_speed()
 
 
 def main() -> None:
@@ -340,15 +544,13 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
     install()
-    from moto.moto_server.threaded_moto_server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address=args.host, port=args.port, verbose=False)
+    server = EmulatorServer(args.host, args.port)
     server.start()
     endpoint = f"http://{args.host}:{args.port}"
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    pump = FirehosePump(endpoint, args.region)
+    pump = FirehosePump(args.region)
     log.info("AWS emulator (moto %s + local gaps) on %s", moto.__version__, endpoint)
     while not stop.wait(PUMP_INTERVAL_S):
         try:

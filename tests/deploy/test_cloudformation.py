@@ -279,17 +279,17 @@ def test_lambda_functions_run_the_pipeline_handlers(template: dict[str, Any]) ->
 STAGE_S3 = {
     "validate-metadata": {
         ("s3:GetObject", "ImagesBucket/manifests/*"),
-        ("s3:GetObject", "ImagesBucket/instances/*"),
-        ("s3:ListBucket", "ImagesBucket"),  # a missing instance must answer 404 (InstanceMissing), not 403
+        ("s3:ListBucket", "ImagesBucket"),  # a withdrawn manifest must answer 404 (skipped), not 403
     },
     "prepare-tensors": {
         ("s3:GetObject", "ImagesBucket/manifests/*"),
         ("s3:GetObject", "ImagesBucket/instances/*"),
         ("s3:PutObject", "ImagesBucket/work/*"),
-        ("s3:ListBucket", "ImagesBucket"),
+        ("s3:ListBucket", "ImagesBucket"),  # a missing instance must answer 404 (InstanceMissing), not 403
     },
     "store-results": {
         ("s3:GetObject", "ImagesBucket/work/*"),
+        ("s3:GetObject", "ImagesBucket/manifests/*"),  # why an instance has no result
         ("s3:ListBucket", "ImagesBucket"),
         ("s3:PutObject", "ResultsBucket/results/*"),
     },

@@ -141,7 +141,7 @@ def test_failing_handler_retries_then_marks_failed(stack: Stack) -> None:
     uids, datasets = ct_study(1)
     send(stack, datasets)
     stack.wait_status(uids.study, ("completed",))
-    # a manifest that names an instance the store does not have: ValidateMetadata raises InstanceMissing,
+    # a manifest that names an instance the store does not have: PrepareTensors raises InstanceMissing,
     # a transient error, so Step Functions retries it, then Catch -> MarkFailed
     ghost = "1.2.826.0.1.3680043.10.99.1"
     manifest = Manifest(
@@ -175,7 +175,7 @@ def test_failing_handler_retries_then_marks_failed(stack: Stack) -> None:
     attempts = [
         e
         for e in history
-        if e["type"] == "TaskScheduled" and "validate-metadata" in e["taskScheduledEventDetails"]["parameters"]
+        if e["type"] == "TaskScheduled" and "prepare-tensors" in e["taskScheduledEventDetails"]["parameters"]
     ]
     assert len(attempts) == 4  # the first try and three retries
     deadline = time.monotonic() + 15

@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import re
 
+import numpy as np
+import pydicom
 import pytest
+from pydicom.uid import CTImageStorage
 
-from radstream import keys
+from radstream import keys, synthetic
+from radstream.manifest import Manifest, ManifestInstance
+from radstream.status import utcnow
 from tests.pipeline.conftest import Stack
-from worker.pipeline import start, store, validate
+from worker.inference.types import InstanceOutput
+from worker.pipeline import outputs as output_codec
+from worker.pipeline import prepare, start, store, validate
+from worker.pipeline import prepared as prepared_codec
 from worker.pipeline.context import stage_context
 from worker.pipeline.errors import ManifestInvalid
 
@@ -40,3 +50,80 @@ async def test_validate_refuses_foreign_events_and_skips_withdrawn_manifests(sta
         result = await validate.run(ctx, {"bucket": stack.settings.images_bucket, "key": withdrawn})
     assert result["action"] == "skip"
     assert result["batches"] == []
+
+
+def _output(sop: str, probability: float) -> InstanceOutput:
+    heatmap = np.zeros((4, 4), np.float32)
+    heatmap[1, 2] = probability
+    return InstanceOutput(
+        sop_instance_uid=sop,
+        model_name="lesion_detector",
+        model_version="1",
+        probability=probability,
+        label="lesion" if probability >= 0.5 else "no lesion",
+        heatmap=heatmap,
+        peak_row=1.0,
+        peak_col=2.0,
+        timings_ms={"infer": 1.5},
+    )
+
+
+def test_outputs_carry_each_source_header_byte_for_byte() -> None:
+    # DICOM values are padded with NUL bytes; a header ending in one must come back unchanged
+    headers = [b"DICM\x00\x01header-one\x00", b"", b"two\x00\x00"]
+    outputs = [_output(f"1.2.3.{i}", p) for i, p in enumerate((0.9, 0.1, 0.5))]
+    decoded = output_codec.decode(output_codec.encode(outputs, headers))
+    assert [header for _, header in decoded] == headers
+    assert [out.sop_instance_uid for out, _ in decoded] == ["1.2.3.0", "1.2.3.1", "1.2.3.2"]
+    assert [out.probability for out, _ in decoded] == [0.9, 0.1, 0.5]
+    assert np.array_equal(decoded[0][0].heatmap, outputs[0].heatmap)
+    assert decoded[2][0].timings_ms == {"infer": 1.5}
+    with pytest.raises(ValueError, match="2 outputs but 1 headers"):
+        output_codec.encode(outputs[:2], headers[:1])
+    with pytest.raises(ValueError, match="not an outputs object"):
+        output_codec.decode(b"not a zip file")
+
+
+def test_prepared_object_holds_tensor_and_header() -> None:
+    tensor = np.arange(2 * 3 * 4, dtype=np.float32).reshape(2, 3, 4)
+    decoded_tensor, header = prepared_codec.decode(prepared_codec.encode(tensor, b"header\x00"))
+    assert decoded_tensor.dtype == np.float32 and np.array_equal(decoded_tensor, tensor)
+    assert header == b"header\x00"
+    with pytest.raises(ValueError, match="not a prepared instance"):
+        prepared_codec.decode(b"\x93NUMPY garbage")
+
+
+async def test_prepare_refuses_an_instance_that_does_not_match_its_manifest(stack: Stack) -> None:
+    uids = synthetic.StudyUids.new()
+    data = synthetic.to_bytes(synthetic.ct_slice(uids, 0, rows=64, cols=64))
+    sop = pydicom.dcmread(io.BytesIO(data)).SOPInstanceUID
+    instance_key = keys.instance_key("alpha", uids.study, uids.series, sop)
+    manifest = Manifest(
+        request_id="20260101T000000-tampered0001",
+        tenant="alpha",
+        study_instance_uid=uids.study,
+        received_at=utcnow(),
+        instances=[
+            ManifestInstance(
+                key=instance_key,
+                sop_class_uid=CTImageStorage,
+                sop_instance_uid=sop,
+                series_instance_uid=uids.series,
+                transfer_syntax_uid="1.2.840.10008.1.2.1",
+                modality="CT",
+                size=len(data),
+                sha256=hashlib.sha256(data + b"changed").hexdigest(),
+            )
+        ],
+    )
+    manifest_key = keys.manifest_key("alpha", uids.study, manifest.request_id)
+    s3 = stack.client("s3")
+    # written straight to the bucket under a study no test sends: no pipeline runs for it
+    s3.put_object(Bucket=stack.settings.images_bucket, Key=instance_key, Body=data)
+    s3.put_object(Bucket=stack.settings.images_bucket, Key=manifest_key, Body=manifest.model_dump_json().encode())
+    event = {"tenant": "alpha", "study": uids.study, "model": "lesion_detector", "manifest_key": manifest_key}
+    async with stage_context(stack.settings) as ctx:
+        with pytest.raises(ManifestInvalid, match=f"instance {sop} does not match its manifest checksum"):
+            await prepare.run(ctx, {**event, "indices": [0]})
+    listing = s3.list_objects_v2(Bucket=stack.settings.images_bucket, Prefix=f"work/alpha/{uids.study}/")
+    assert listing["KeyCount"] == 0  # nothing prepared from bytes that failed the check

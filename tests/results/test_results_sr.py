@@ -115,6 +115,23 @@ def test_sr_identifies_the_model(study: Study) -> None:
     assert algorithm["Algorithm Version"] == MODEL_VERSION
 
 
+def test_sr_has_the_mandatory_image_library_before_the_measurements(study: Study) -> None:
+    report = _report(build_sr(study.headers, study.outputs, threshold=THRESHOLD))
+    content = report[0].ContentSequence
+    names = [(item.ConceptNameCodeSequence[0].CodeValue, item.ValueType) for item in content]
+    assert names.count(("111028", "CONTAINER")) == 1  # TID 1500 row 5: Image Library, mandatory
+    library = content[names.index(("111028", "CONTAINER"))]
+    assert library.RelationshipType == "CONTAINS"
+    assert "ContentSequence" not in library  # its groups (TID 1600 row 2) are optional
+    assert names.index(("111028", "CONTAINER")) < names.index(("126010", "CONTAINER"))  # Imaging Measurements
+    # each image stays referenced by its measurement group
+    referenced = {
+        group.roi.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID
+        for group in report.get_planar_roi_measurement_groups()
+    }
+    assert referenced == {str(h.SOPInstanceUID) for h in study.headers}
+
+
 def test_sr_with_no_positive_image_records_absent_findings(study: Study) -> None:
     outputs = [make_output(header, 0.1) for header in study.ct]
     report = _report(build_sr(study.ct, outputs, threshold=THRESHOLD))

@@ -1,4 +1,8 @@
-"""Raw model outputs of one execution, as a compressed .npz (no pickles): written by the worker."""
+"""Raw model outputs of one execution, as a compressed .npz (no pickles): written by the worker.
+
+Each output travels with its source instance's header (pixel data removed, as PrepareTensors wrote it),
+which StoreResults needs for the SR and SEG.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,9 @@ import numpy as np
 from worker.inference.types import InstanceOutput
 
 
-def encode(outputs: list[InstanceOutput]) -> bytes:
+def encode(outputs: list[InstanceOutput], headers: list[bytes]) -> bytes:
+    if len(outputs) != len(headers):
+        raise ValueError(f"{len(outputs)} outputs but {len(headers)} headers")
     buf = io.BytesIO()
     np.savez_compressed(
         buf,
@@ -23,23 +29,34 @@ def encode(outputs: list[InstanceOutput]) -> bytes:
         else np.zeros((0, 1, 1), np.float32),
         peak=np.array([[o.peak_row, o.peak_col] for o in outputs], dtype=np.float64).reshape(-1, 2),
         timings=np.array([json.dumps(o.timings_ms) for o in outputs], dtype=np.str_),
+        # headers end to end, with offsets: fixed-width byte strings would drop trailing NUL padding
+        header_bytes=np.frombuffer(b"".join(headers), dtype=np.uint8),
+        header_offsets=np.cumsum([0, *(len(h) for h in headers)], dtype=np.int64),
     )
     return buf.getvalue()
 
 
-def decode(data: bytes) -> list[InstanceOutput]:
-    with np.load(io.BytesIO(data), allow_pickle=False) as z:
-        return [
-            InstanceOutput(
-                sop_instance_uid=str(z["sop"][i]),
-                model_name=str(z["model"][i][0]),
-                model_version=str(z["model"][i][1]),
-                probability=float(z["probability"][i]),
-                label=str(z["label"][i]),
-                heatmap=z["heatmap"][i].astype(np.float32),
-                peak_row=float(z["peak"][i][0]),
-                peak_col=float(z["peak"][i][1]),
-                timings_ms={k: float(v) for k, v in json.loads(str(z["timings"][i])).items()},
-            )
-            for i in range(len(z["sop"]))
-        ]
+def decode(data: bytes) -> list[tuple[InstanceOutput, bytes]]:
+    """(output, source header bytes) per instance; ValueError if ``data`` is not an outputs object."""
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as z:
+            raw, offsets = z["header_bytes"].tobytes(), z["header_offsets"]
+            return [
+                (
+                    InstanceOutput(
+                        sop_instance_uid=str(z["sop"][i]),
+                        model_name=str(z["model"][i][0]),
+                        model_version=str(z["model"][i][1]),
+                        probability=float(z["probability"][i]),
+                        label=str(z["label"][i]),
+                        heatmap=z["heatmap"][i].astype(np.float32),
+                        peak_row=float(z["peak"][i][0]),
+                        peak_col=float(z["peak"][i][1]),
+                        timings_ms={k: float(v) for k, v in json.loads(str(z["timings"][i])).items()},
+                    ),
+                    raw[int(offsets[i]) : int(offsets[i + 1])],
+                )
+                for i in range(len(z["sop"]))
+            ]
+    except (OSError, KeyError, IndexError, ValueError) as exc:
+        raise ValueError(f"not an outputs object: {type(exc).__name__}: {exc}") from exc

@@ -1,12 +1,13 @@
-"""PrepareTensors: decode pixels and write the model-ready tensor and a pixel-free header per instance."""
+"""PrepareTensors: check each instance against its manifest checksum, decode its pixels, and write one
+prepared object per instance: the model-ready tensor and the pixel-free header."""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import io
 from typing import Any
 
-import numpy as np
 import pydicom
 
 from radstream import keys
@@ -14,6 +15,7 @@ from radstream.errors import NotFound
 from radstream.telemetry import TelemetryEvent
 from worker.inference.preprocess import PreprocessError, prepare
 from worker.inference.spec import ModelSpec
+from worker.pipeline import prepared as prepared_codec
 from worker.pipeline.common import instance_access, read_manifest, timed
 from worker.pipeline.context import StageContext
 from worker.pipeline.errors import DecodeFailed, ManifestInvalid
@@ -27,16 +29,14 @@ def _spec(ctx: StageContext, name: str) -> ModelSpec:
     raise ManifestInvalid(f"model {name!r} is not in the model repository")
 
 
-def _decode(data: bytes, spec: ModelSpec) -> tuple[bytes, bytes, tuple[int, int]]:
-    """(tensor .npy bytes, header-only DICOM bytes, source shape); CPU-bound, runs in a thread."""
+def _decode(data: bytes, spec: ModelSpec) -> tuple[bytes, tuple[int, int]]:
+    """(prepared object bytes, source shape); CPU-bound, runs in a thread."""
     ds = pydicom.dcmread(io.BytesIO(data))
     prepared = prepare(ds, spec)
-    tensor = io.BytesIO()
-    np.save(tensor, prepared.tensor.astype(np.float32, copy=False), allow_pickle=False)
     del ds.PixelData
     header = io.BytesIO()
     ds.save_as(header, enforce_file_format=False)
-    return tensor.getvalue(), header.getvalue(), prepared.source_shape
+    return prepared_codec.encode(prepared.tensor, header.getvalue()), prepared.source_shape
 
 
 async def run(ctx: StageContext, event: dict[str, Any]) -> dict[str, Any]:
@@ -54,17 +54,16 @@ async def run(ctx: StageContext, event: dict[str, Any]) -> dict[str, Any]:
             inst = manifest.instances[index]
             with instance_access(inst.sop_instance_uid):
                 data = await ctx.images.get_bytes(inst.key)
+            # the bytes actually decoded, not the object's metadata, are checked against the manifest
+            if hashlib.sha256(data).hexdigest() != inst.sha256:
+                raise ManifestInvalid(f"instance {inst.sop_instance_uid} does not match its manifest checksum")
             try:
-                tensor, header, shape = await asyncio.to_thread(_decode, data, spec)
+                encoded, shape = await asyncio.to_thread(_decode, data, spec)
             except (PreprocessError, ValueError, NotImplementedError, RuntimeError, AttributeError) as exc:
                 failed.append({"sop": inst.sop_instance_uid, "reason": f"{type(exc).__name__}: {exc}"[:200]})
                 continue
-            await ctx.images.put_bytes(
-                keys.tensor_key(tenant, study, inst.sop_instance_uid), tensor, content_type="application/octet-stream"
-            )
-            await ctx.images.put_bytes(
-                keys.header_key(tenant, study, inst.sop_instance_uid), header, content_type="application/dicom"
-            )
+            key = keys.prepared_key(tenant, study, inst.sop_instance_uid)
+            await ctx.images.put_bytes(key, encoded, content_type="application/octet-stream")
             prepared.append([inst.sop_instance_uid, shape[0], shape[1]])
         if not prepared and failed:
             raise DecodeFailed(f"none of {len(failed)} instances could be decoded: {failed[0]['reason']}")

@@ -47,6 +47,8 @@ async def _not_analysed(ctx: StageContext, event: dict[str, Any], analysed: set[
         for batch in event.get("prepared", [])
         for failure in batch.get("failed", [])
     }
+    if not reasons and event.get("skipped") == 0:
+        return []  # every instance was routed to the model and prepared, so every one has an output
     manifest = await read_manifest(ctx, event["manifest_key"])
     missing = []
     for inst in manifest.instances:
@@ -56,12 +58,13 @@ async def _not_analysed(ctx: StageContext, event: dict[str, Any], analysed: set[
     return missing
 
 
-async def _study_outputs(ctx: StageContext, tenant: str, study: str) -> list[InstanceOutput]:
-    """Outputs of every execution of this study so far (one study may arrive in several requests)."""
-    by_sop: dict[str, InstanceOutput] = {}
+async def _study_outputs(ctx: StageContext, tenant: str, study: str) -> list[tuple[InstanceOutput, bytes]]:
+    """Outputs, with their source headers, of every execution of this study so far (one study may arrive in
+    several requests); the latest output per instance."""
+    by_sop: dict[str, tuple[InstanceOutput, bytes]] = {}
     for key in sorted(await ctx.images.list_keys(keys.outputs_prefix(tenant, study))):
-        for out in output_codec.decode(await ctx.images.get_bytes(key)):
-            by_sop[out.sop_instance_uid] = out
+        for out, header in output_codec.decode(await ctx.images.get_bytes(key)):
+            by_sop[out.sop_instance_uid] = (out, header)
     return list(by_sop.values())
 
 
@@ -78,11 +81,9 @@ async def run(ctx: StageContext, event: dict[str, Any]) -> dict[str, Any]:
         else:
             model = event["model"]
             spec = next(s for s in specs_in(ctx.settings.model_repository) if s.name == model)
-            outputs = await _study_outputs(ctx, tenant, study)
-            raw_headers = await asyncio.gather(
-                *(ctx.images.get_bytes(keys.header_key(tenant, study, o.sop_instance_uid)) for o in outputs)
-            )
-            headers: list[pydicom.Dataset] = [pydicom.dcmread(io.BytesIO(raw), force=True) for raw in raw_headers]
+            pairs = await _study_outputs(ctx, tenant, study)
+            outputs = [output for output, _ in pairs]
+            headers: list[pydicom.Dataset] = [pydicom.dcmread(io.BytesIO(raw), force=True) for _, raw in pairs]
             not_analysed = await _not_analysed(ctx, event, {o.sop_instance_uid for o in outputs})
             document, sr, segs = await asyncio.to_thread(
                 _build, headers, outputs, spec.outputs.labels.threshold, not_analysed

@@ -1,4 +1,8 @@
-"""ValidateMetadata: check the manifest against the store, route the study to a model, split the work."""
+"""ValidateMetadata: check the manifest, route the study to a model, split the work.
+
+Each instance is checked against its manifest checksum where it is read, in PrepareTensors: that checks the
+bytes decoded rather than the object's metadata, and saves a request per instance here.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ from radstream.errors import NotFound
 from radstream.status import StudyState
 from radstream.telemetry import TelemetryEvent
 from worker.inference.spec import ModelSpec, load_specs, match_model
-from worker.pipeline.common import instance_access, read_manifest, timed
+from worker.pipeline.common import read_manifest, timed
 from worker.pipeline.context import StageContext
 from worker.pipeline.errors import ManifestInvalid
 
@@ -35,11 +39,6 @@ async def run(ctx: StageContext, event: dict[str, Any]) -> dict[str, Any]:
             manifest = await read_manifest(ctx, key)
         except NotFound:  # the gateway withdrew it (storage failed after the write): nothing to do
             return {**base, "action": "skip", "model": None, "batches": []}
-        for inst in manifest.instances:
-            with instance_access(inst.sop_instance_uid):
-                stored = await ctx.images.head(inst.key)
-            if stored.sha256 != inst.sha256:
-                raise ManifestInvalid(f"instance {inst.sop_instance_uid} does not match its manifest checksum")
 
         specs = list(specs_in(ctx.settings.model_repository))
         routed = [match_model(specs, inst.modality or "", inst.sop_class_uid) for inst in manifest.instances]

@@ -5,6 +5,11 @@ one planar ROI measurement group (TID 1410) whose region is an SCOORD POINT at
 the heatmap peak on the source image, with the lesion probability as a
 numeric measurement and a "Lesion: Present/Absent" qualitative evaluation.
 Patient and study attributes are copied from the source images by highdicom.
+
+The Image Library (TID 1500 row 5, TID 1600) is present, as the template requires, but holds no image
+groups: those are optional, every image is already referenced by its measurement group and in the
+evidence, and highdicom's per-image library entry descriptors made up three quarters of the cost of
+building and writing a report (50 CT images: 1.45 s with them, 0.38 s without).
 """
 
 from collections.abc import Sequence
@@ -20,6 +25,8 @@ from worker.results import codes
 from worker.results._sources import AnalysedInstance, pair
 
 DEFAULT_SR_SERIES_NUMBER = 9001
+IMAGE_LIBRARY = hd.sr.CodedConcept(value="111028", scheme_designator="DCM", meaning="Image Library")
+IMAGING_MEASUREMENTS = hd.sr.CodedConcept(value="126010", scheme_designator="DCM", meaning="Imaging Measurements")
 
 
 def device_observer_uid(model_name: str, model_version: str) -> str:
@@ -72,6 +79,14 @@ def _measurement_group(
     )
 
 
+def _add_image_library(report: hd.sr.MeasurementReport) -> None:
+    """Insert an Image Library container without groups before the Imaging Measurements container."""
+    content = report[0].ContentSequence
+    position = next(i for i, item in enumerate(content) if item.name == IMAGING_MEASUREMENTS)
+    library = hd.sr.ContainerContentItem(name=IMAGE_LIBRARY, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
+    content.insert(position, library)
+
+
 def build_sr(
     source_headers: Sequence[Dataset],
     outputs: Sequence[InstanceOutput],
@@ -88,8 +103,7 @@ def build_sr(
     ----------
     source_headers:
         Headers of the study's source images (pixel data not needed). Every
-        header is recorded as evidence and, with its descriptors, in the
-        report's image library; the first one gives the patient and study
+        header is recorded as evidence; the first one gives the patient and study
         attributes.
     outputs:
         One model output per analysed source image, all from one model.
@@ -129,8 +143,8 @@ def build_sr(
         imaging_measurements=[
             _measurement_group(item, index, threshold, algorithm) for index, item in enumerate(analysed, start=1)
         ],
-        referenced_images=list(source_headers),
     )
+    _add_image_library(report)
     return hd.sr.Comprehensive3DSR(
         evidence=list(source_headers),
         content=report,
