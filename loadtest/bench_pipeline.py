@@ -38,6 +38,7 @@ QUICK_RATES = (2.0, 5.0)
 FULL_SECONDS = 20.0
 QUICK_SECONDS = 6.0
 DRAIN_TIMEOUT_S = 60.0
+POLL_DELAY_S = 3.0
 API_KEY = "bench-key-0123456789abcdefghijkl"
 BOUNDARY = "RadStreamBench"
 
@@ -100,11 +101,17 @@ async def _open_loop(url: str, rate: float, seconds: float) -> tuple[list[Sent],
 
 
 async def _collect(url: str, sent: list[Sent]) -> tuple[list[float], int]:
-    """Latencies (ms) of completed studies, and how many failed or never completed."""
+    """Latencies (ms) of completed studies, and how many failed or never completed.
+
+    Each latency ends at the study's own ``updated_at``, so when it is read does not change it; polling
+    starts ``POLL_DELAY_S`` after the last request, so the poller does not compete for the CPU with the
+    studies still in flight (a status read lists the study's objects).
+    """
     latencies: list[float] = []
     pending = {s.study: s for s in sent}
     deadline = time.monotonic() + DRAIN_TIMEOUT_S
     failed = 0
+    await asyncio.sleep(POLL_DELAY_S)
     async with httpx.AsyncClient(timeout=10.0, headers={"Authorization": f"Bearer {API_KEY}"}) as client:
         while pending and time.monotonic() < deadline:
             for study, item in list(pending.items()):

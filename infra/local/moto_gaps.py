@@ -70,20 +70,39 @@ def _check_version() -> None:
 # --------------------------------------------------------------------------------------------- Lambda
 class _RuntimeConnections:
     """Keep-alive connections to the local Lambda runtime, shared by the threads that invoke functions (Step
-    Functions evaluates every task on a thread of its own, so per-thread connections would never be reused)."""
+    Functions evaluates every task on a thread of its own, so per-thread connections would never be reused).
+
+    A connection idle for ``MAX_IDLE_S`` is not reused (the runtime closes idle ones after 120 s); one the
+    runtime closed anyway is replaced by a new connection for a second try, never by another pooled one.
+    """
 
     MAX_IDLE = 16
+    MAX_IDLE_S = 60.0
 
     def __init__(self) -> None:
-        self._idle: list[http.client.HTTPConnection] = []
+        self._idle: list[tuple[http.client.HTTPConnection, float]] = []
         self._lock = threading.Lock()
+
+    def close(self) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for conn, _since in idle:
+            conn.close()
+
+    def _pooled(self) -> http.client.HTTPConnection | None:
+        with self._lock:
+            while self._idle:
+                conn, since = self._idle.pop()
+                if time.monotonic() - since < self.MAX_IDLE_S:
+                    return conn
+                conn.close()
+        return None
 
     def post(self, url: str, body: bytes, timeout: float) -> tuple[int, bytes]:
         parts = urllib.parse.urlsplit(url)
-        for attempt in range(2):
-            with self._lock:
-                conn = self._idle.pop() if self._idle else None
-            reused = conn is not None
+        conn = self._pooled()
+        reused = conn is not None
+        while True:
             if conn is None:
                 conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=timeout)
             elif conn.sock is not None:
@@ -94,7 +113,8 @@ class _RuntimeConnections:
                 data = response.read()
             except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
                 conn.close()
-                if reused and attempt == 0:  # the runtime closed an idle connection: once more, on a new one
+                if reused:  # the runtime closed an idle connection: once more, on a new one
+                    conn, reused = None, False
                     continue
                 raise
             except BaseException:
@@ -102,18 +122,22 @@ class _RuntimeConnections:
                 raise
             with self._lock:
                 if len(self._idle) < self.MAX_IDLE and not response.will_close:
-                    self._idle.append(conn)
+                    self._idle.append((conn, time.monotonic()))
                 else:
                     conn.close()
             return response.status, data
-        raise AssertionError("unreachable")
 
 
 _RUNTIME = _RuntimeConnections()
 
 
 def _invoke_remote(self: Any, event: Any = None) -> tuple[str, bool, str]:
-    """Run the function's handler in the local Lambda runtime process (infra/local/lambda_runtime.py)."""
+    """Run the function's handler in the local Lambda runtime process (infra/local/lambda_runtime.py).
+
+    A runtime that cannot be reached is a Lambda service error (``ServiceException``, HTTP 500), as on AWS:
+    Step Functions sees ``Lambda.ServiceException`` and retries, instead of a function error."""
+    from moto.core.exceptions import JsonRESTError
+
     if isinstance(event, (str, bytes)):
         event = json.loads(event or "{}")
     body = json.dumps({"handler": self.handler, "event": event if event is not None else {}}).encode()
@@ -124,8 +148,9 @@ def _invoke_remote(self: Any, event: Any = None) -> tuple[str, bool, str]:
         if status != 200 and "error" not in answer:
             raise ValueError(f"HTTP {status}")
     except (OSError, ValueError, http.client.HTTPException) as exc:
-        payload = {"errorMessage": f"local Lambda runtime unreachable: {exc}", "errorType": "ServiceException"}
-        return json.dumps(payload), True, ""
+        error = JsonRESTError("ServiceException", f"local Lambda runtime unreachable: {exc}")
+        error.code = 500
+        raise error from exc
     if "error" in answer:
         return json.dumps(answer["error"]), True, "\n".join(answer["error"].get("stackTrace", []))
     return json.dumps(answer["result"]), False, ""
@@ -316,10 +341,10 @@ def in_process_client(service: str, region: str) -> Any:
     return client
 
 
-def _cached_client_factory(original: Any) -> Any:
+def _cached_client_factory() -> Any:
     def boto_client_for(region: str, service: str, state_credentials: Any = None) -> Any:
-        if state_credentials:  # a role assumed per state: not shared, through moto's HTTP path
-            return original(region=region, service=service, state_credentials=state_credentials)
+        # Every task passes credentials (at least the execution's role); moto 5.2.5 ignores them and does
+        # not assume roles, so neither does this.
         client = _CLIENTS.get((region, service))
         if client is None:
             client = _CLIENTS.setdefault((region, service), in_process_client(service, region))
@@ -372,7 +397,7 @@ def _patch_stepfunctions_speed() -> None:
     from moto.stepfunctions.parser.backend.execution_worker import ExecutionWorker
 
     ExecutionWorker._get_evaluation_entrypoint = _cached_program  # type: ignore[method-assign]
-    cached = _cached_client_factory(boto_client.boto_client_for)
+    cached = _cached_client_factory()
     for module in (boto_client, lambda_eval_utils, state_task_service_sqs):
         module.boto_client_for = cached  # type: ignore[attr-defined]
     lambda_eval_utils._invoke_lambda_function = _invoke_lambda_direct
@@ -558,6 +583,7 @@ def main() -> None:
         except Exception as exc:
             log.warning("firehose pump: %s", exc)
     server.stop()
+    _RUNTIME.close()
 
 
 if __name__ == "__main__":

@@ -7,16 +7,19 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 import zipfile
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import boto3
 import moto
 import pytest
+from botocore.exceptions import ClientError
 
 from infra import resources
 from infra.local import lambda_runtime, moto_gaps
@@ -177,9 +180,10 @@ def _caught_lambda_task(sfn: Any, machine: str, function: str, error: str, paylo
     return output
 
 
-def test_lambda_task_failures_reach_catch(emulator: str) -> None:
-    """``lambda:invoke`` tasks go to the Lambda backend directly (no HTTP request from the emulator to itself);
-    a failure still comes back as the task's typed error, which Catch matches by name."""
+def test_an_unreachable_lambda_runtime_is_a_lambda_service_error(emulator: str) -> None:
+    """``lambda:invoke`` tasks go to the Lambda backend directly (no HTTP request from the emulator to itself).
+    A runtime that cannot be reached is a Lambda service error, as on AWS: the Invoke API answers 500
+    ``ServiceException``, and a task fails with ``Lambda.ServiceException``, which the pipeline retries."""
     sfn = _client("stepfunctions", emulator)
     lam = _client("lambda", emulator)
     iam = _client("iam", emulator)
@@ -194,10 +198,60 @@ def test_lambda_task_failures_reach_catch(emulator: str) -> None:
         Handler="worker.lambdas.validate_metadata",
         Code={"ZipFile": buffer.getvalue()},
     )["FunctionArn"]
-    output = _caught_lambda_task(sfn, "lambda-direct", fn, "ServiceException", {"k": 1})
+    output = _caught_lambda_task(sfn, "lambda-direct", fn, "Lambda.ServiceException", {"k": 1})
     assert output["k"] == 1
-    assert output["error"]["Error"] == "ServiceException"
+    assert output["error"]["Error"] == "Lambda.ServiceException"
     assert "local Lambda runtime unreachable" in output["error"]["Cause"]
+    with pytest.raises(ClientError) as caught:
+        lam.invoke(FunctionName="unreachable", Payload=b"{}")
+    assert caught.value.response["Error"]["Code"] == "ServiceException"
+    assert caught.value.response["ResponseMetadata"]["HTTPStatusCode"] == 500
+
+
+class _ClosingWhenIdle(BaseHTTPRequestHandler):
+    """Keep-alive, but closes a connection idle for 0.2 s, as the local Lambda runtime does after 120 s."""
+
+    protocol_version = "HTTP/1.1"
+    timeout = 0.2
+    disable_nagle_algorithm = True
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return
+
+
+def test_runtime_connections_are_reused_and_replaced_when_the_runtime_closed_them() -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _ClosingWhenIdle)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/invoke"
+    pool = moto_gaps._RuntimeConnections()
+    try:
+        results: list[tuple[int, bytes]] = []
+        workers = [
+            threading.Thread(target=lambda i=i: results.append(pool.post(url, f"call {i}".encode(), 5.0)))
+            for i in range(4)
+        ]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+        assert sorted(results) == [(200, f"call {i}".encode()) for i in range(4)]
+        assert 1 <= len(pool._idle) <= 4
+        assert pool.post(url, b"again", 5.0) == (200, b"again")  # reused at once
+        time.sleep(0.6)  # the server has closed every idle connection; the pool still holds them
+        assert pool._idle
+        assert pool.post(url, b"after idle", 5.0) == (200, b"after idle")  # one stale try, then a new connection
+    finally:
+        pool.close()
+        server.shutdown()
+        server.server_close()
 
 
 def test_image_resizing_processes_run_blas_single_threaded(tmp_path: Path) -> None:
@@ -215,3 +269,21 @@ def test_a_missing_lambda_function_fails_the_task_with_its_aws_error_name(emulat
     error = _caught_lambda_task(sfn, "lambda-missing", missing, "Lambda.ResourceNotFoundException", {})["error"]
     assert error["Error"] == "Lambda.ResourceNotFoundException"
     assert "no-such-function" in error["Cause"]
+
+
+def test_step_functions_tasks_share_one_in_process_client_per_service() -> None:
+    """Every task passes credentials (the execution's role at least); they must not defeat the cache, and the
+    client reaches this process's moto backends without HTTP."""
+    from moto.core.models import DEFAULT_ACCOUNT_ID
+    from moto.sqs.models import sqs_backends
+    from moto.stepfunctions.parser.asl.component.state.exec.state_task.credentials import StateCredentials
+
+    boto_client_for = moto_gaps._cached_client_factory()
+    role = StateCredentials(role_arn="arn:aws:iam::123456789012:role/sfn")
+    sqs = boto_client_for(region="eu-west-1", service="sqs", state_credentials=role)
+    assert boto_client_for(region="eu-west-1", service="sqs", state_credentials=None) is sqs
+    assert boto_client_for(region="us-east-1", service="sqs", state_credentials=role) is not sqs
+    url = sqs.create_queue(QueueName="in-process-check")["QueueUrl"]
+    sqs.send_message(QueueUrl=url, MessageBody="hello")
+    assert "in-process-check" in sqs_backends[DEFAULT_ACCOUNT_ID]["eu-west-1"].queues
+    assert sqs.receive_message(QueueUrl=url)["Messages"][0]["Body"] == "hello"
