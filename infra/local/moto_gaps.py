@@ -11,9 +11,11 @@ and only here:
 2. EventBridge: moto does not deliver to Lambda targets, and applies no input transformer to S3 events.
    Here matching rules deliver to Lambda targets asynchronously with the InputTransformer applied,
    retry twice, then send the event to the target's dead-letter queue.
-3. Firehose: moto writes nothing for a Kinesis-sourced delivery stream. Here a pump reads the source
-   stream and writes objects with the stream's S3 prefix (``!{timestamp:...}`` expanded), buffering for
-   ``PUMP_INTERVAL_S`` instead of AWS's 60 s minimum.
+3. Kinesis and Firehose: moto's shards lose records under concurrent PutRecords (sequence numbers are
+   not assigned atomically); here a shard's writes and reads are serialized. moto writes nothing for a
+   Kinesis-sourced delivery stream; here a pump reads the source stream and writes objects with the
+   stream's S3 prefix (``!{timestamp:...}`` expanded), buffering for ``PUMP_INTERVAL_S`` instead of AWS's
+   60 s minimum.
 4. Step Functions execution is switched on (``execute_state_machine``), and ``SendTaskFailure`` keeps its
    ``cause`` (moto's response handler drops it, so a failed study would lose its reason).
 5. Step Functions speed, same results for our state machine: moto parses the ASL definition with ANTLR
@@ -282,6 +284,26 @@ class FirehosePump:
                     break
             self._iterators[handle] = iterator
         return records
+
+
+# ---------------------------------------------------------------------------------------------- Kinesis
+_KINESIS_LOCK = threading.RLock()
+
+
+def _patch_kinesis_concurrency() -> None:
+    """moto's Kinesis shard numbers a record as "the highest so far + 1" ("not safe for concurrency", its
+    source says): two PutRecords handled at once on the server's threads get the same number and one record
+    replaces the other. Here a shard's writes and reads hold one lock."""
+    from moto.kinesis.models import Shard
+
+    for name in ("put_record", "get_records"):
+        original = getattr(Shard, name)
+
+        def locked(self: Any, *args: Any, _original: Any = original, **kwargs: Any) -> Any:
+            with _KINESIS_LOCK:
+                return _original(self, *args, **kwargs)
+
+        setattr(Shard, name, locked)
 
 
 # ------------------------------------------------------------------------------------------ Step Functions
@@ -558,6 +580,7 @@ def install() -> None:
     _patch_send_task_failure()
     _patch_stepfunctions_speed()
     _patch_dispatch_speed()
+    _patch_kinesis_concurrency()
 
 
 def main() -> None:

@@ -287,3 +287,36 @@ def test_step_functions_tasks_share_one_in_process_client_per_service() -> None:
     sqs.send_message(QueueUrl=url, MessageBody="hello")
     assert "in-process-check" in sqs_backends[DEFAULT_ACCOUNT_ID]["eu-west-1"].queues
     assert sqs.receive_message(QueueUrl=url)["Messages"][0]["Body"] == "hello"
+
+
+def test_concurrent_put_records_lose_nothing(emulator: str) -> None:
+    """The gateway, the worker and every Lambda stage write telemetry at once; each record must arrive."""
+    _client("kinesis", emulator).create_stream(StreamName="concurrent", ShardCount=1)
+    threads, calls, per_call = 8, 40, 5
+
+    def writer(t: int) -> None:
+        kinesis = _client("kinesis", emulator)
+        for c in range(calls):
+            records = [{"Data": f"{t}-{c}-{r}".encode(), "PartitionKey": "k"} for r in range(per_call)]
+            assert kinesis.put_records(StreamName="concurrent", Records=records)["FailedRecordCount"] == 0
+
+    workers = [threading.Thread(target=writer, args=(t,)) for t in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    kinesis = _client("kinesis", emulator)
+    shard = kinesis.list_shards(StreamName="concurrent")["Shards"][0]["ShardId"]
+    iterator = kinesis.get_shard_iterator(StreamName="concurrent", ShardId=shard, ShardIteratorType="TRIM_HORIZON")[
+        "ShardIterator"
+    ]
+    seen: list[bytes] = []
+    while True:
+        page = kinesis.get_records(ShardIterator=iterator, Limit=10_000)
+        seen.extend(record["Data"] for record in page["Records"])
+        iterator = page["NextShardIterator"]
+        if not page["Records"]:
+            break
+    expected = {f"{t}-{c}-{r}".encode() for t in range(threads) for c in range(calls) for r in range(per_call)}
+    assert len(seen) == len(expected)
+    assert set(seen) == expected
