@@ -3,8 +3,8 @@
 Images bucket:
     instances/{tenant}/{study}/{series}/{sop}.dcm      one object per SOP instance
     manifests/{tenant}/{study}/{request_id}.json        one per STOW request that stored something new
-    work/{tenant}/{study}/{sop}.npy | .hdr.dcm            model-ready tensor and pixel-free header
-    work/{tenant}/{study}/outputs/{request_id}.npz        raw model outputs of one pipeline execution
+    work/{tenant}/{study}/{sop}.prepared.npz            model-ready tensor and pixel-free header
+    work/{tenant}/{study}/outputs/{request_id}.npz        raw outputs of one execution, with the headers
 Results bucket:
     results/{tenant}/{study}/result.json | report.sr.dcm | mask.seg.dcm
 """

@@ -32,7 +32,7 @@ def invoke(handler_path: str, event: dict[str, Any]) -> dict[str, Any]:
         if handler_path not in _HANDLERS:
             module, _, name = handler_path.rpartition(".")
             _HANDLERS[handler_path] = getattr(importlib.import_module(module), name)
-        return {"result": _HANDLERS[handler_path](event, None)}
+        result = _HANDLERS[handler_path](event, None)
     except Exception as exc:
         log.warning("%s raised %s: %s", handler_path, type(exc).__name__, str(exc)[:300])
         return {
@@ -42,6 +42,12 @@ def invoke(handler_path: str, event: dict[str, Any]) -> dict[str, Any]:
                 "stackTrace": traceback.format_tb(exc.__traceback__)[-5:],
             }
         }
+    try:
+        json.dumps(result)
+    except (TypeError, ValueError) as exc:  # what Lambda answers for a result it cannot serialise
+        message = f"Unable to marshal response: {exc}"
+        return {"error": {"errorType": "Runtime.MarshalError", "errorMessage": message[:1000], "stackTrace": []}}
+    return {"result": result}
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -45,12 +45,14 @@ import io
 import json
 import logging
 import os
+import select
 import signal
 import socket
 import threading
 import time
 import urllib.parse
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -74,8 +76,9 @@ class _RuntimeConnections:
     """Keep-alive connections to the local Lambda runtime, shared by the threads that invoke functions (Step
     Functions evaluates every task on a thread of its own, so per-thread connections would never be reused).
 
-    A connection idle for ``MAX_IDLE_S`` is not reused (the runtime closes idle ones after 120 s); one the
-    runtime closed anyway is replaced by a new connection for a second try, never by another pooled one.
+    A pooled connection is reused only if it was idle less than ``MAX_IDLE_S`` (the runtime closes idle ones
+    after 120 s) and the runtime has not closed it (nothing readable on it). A request is sent again, on a
+    new connection, only when sending it failed, so a runtime never runs one invocation twice.
     """
 
     MAX_IDLE = 16
@@ -91,14 +94,23 @@ class _RuntimeConnections:
         for conn, _since in idle:
             conn.close()
 
+    @staticmethod
+    def _open(conn: http.client.HTTPConnection) -> bool:
+        """False if the peer closed the connection (an idle HTTP connection has nothing to read)."""
+        if conn.sock is None:
+            return False
+        readable, _, _ = select.select([conn.sock], [], [], 0)
+        return not readable
+
     def _pooled(self) -> http.client.HTTPConnection | None:
-        with self._lock:
-            while self._idle:
+        while True:
+            with self._lock:
+                if not self._idle:
+                    return None
                 conn, since = self._idle.pop()
-                if time.monotonic() - since < self.MAX_IDLE_S:
-                    return conn
-                conn.close()
-        return None
+            if time.monotonic() - since < self.MAX_IDLE_S and self._open(conn):
+                return conn
+            conn.close()
 
     def post(self, url: str, body: bytes, timeout: float) -> tuple[int, bytes]:
         parts = urllib.parse.urlsplit(url)
@@ -111,15 +123,19 @@ class _RuntimeConnections:
                 conn.sock.settimeout(timeout)
             try:
                 conn.request("POST", parts.path or "/", body, {"Content-Type": "application/json"})
-                response = conn.getresponse()
-                data = response.read()
-            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+            except (ConnectionResetError, BrokenPipeError):
                 conn.close()
-                if reused:  # the runtime closed an idle connection: once more, on a new one
+                if reused:  # closed by the runtime between the check and the send: it got nothing
                     conn, reused = None, False
                     continue
                 raise
             except BaseException:
+                conn.close()
+                raise
+            try:
+                response = conn.getresponse()
+                data = response.read()
+            except BaseException:  # the runtime may have run it: never sent twice from here
                 conn.close()
                 raise
             with self._lock:
@@ -137,18 +153,23 @@ def _invoke_remote(self: Any, event: Any = None) -> tuple[str, bool, str]:
     """Run the function's handler in the local Lambda runtime process (infra/local/lambda_runtime.py).
 
     A runtime that cannot be reached is a Lambda service error (``ServiceException``, HTTP 500), as on AWS:
-    Step Functions sees ``Lambda.ServiceException`` and retries, instead of a function error."""
+    Step Functions sees ``Lambda.ServiceException`` and retries, instead of a function error. A handler
+    running past the function's timeout is a function error, ``Sandbox.Timedout``, as on AWS."""
     from moto.core.exceptions import JsonRESTError
 
     if isinstance(event, (str, bytes)):
         event = json.loads(event or "{}")
     body = json.dumps({"handler": self.handler, "event": event if event is not None else {}}).encode()
     url = f"{os.environ['RADSTREAM_LAMBDA_RUNTIME_URL']}/invoke"
+    timeout = float(self.timeout or 300)
     try:
-        status, data = _RUNTIME.post(url, body, timeout=float(self.timeout or 300))
+        status, data = _RUNTIME.post(url, body, timeout=timeout)
         answer = json.loads(data)
         if status != 200 and "error" not in answer:
             raise ValueError(f"HTTP {status}")
+    except TimeoutError:  # the function's timeout: a function error, as Lambda reports it (not retried)
+        payload = {"errorType": "Sandbox.Timedout", "errorMessage": f"Task timed out after {timeout:.2f} seconds"}
+        return json.dumps(payload), True, ""
     except (OSError, ValueError, http.client.HTTPException) as exc:
         error = JsonRESTError("ServiceException", f"local Lambda runtime unreachable: {exc}")
         error.code = 500
@@ -480,8 +501,10 @@ def _keep_alive_handler() -> type:
     Werkzeug's development server answers every request with ``Connection: close`` because Python's
     http.server cannot drain a request body the application did not read. This handler bounds the body by
     its Content-Length, drains what is left after the application returned (at most ``DRAIN_LIMIT``), and
-    then keeps the connection; chunked request bodies, HTTP/1.0 and ``Connection: close`` still close it.
-    Every request of every client used to pay a TCP connect, an accept and a new server thread.
+    then keeps the connection. It still closes after chunked request bodies, HTTP/1.0, ``Connection:
+    close``, a request rejected before the application ran (its error page says ``Connection: close``), and
+    an application that raised (part of a response may be out). Every request of every client used to pay
+    a TCP connect, an accept and a new server thread.
     """
     from moto.moto_server.werkzeug_app import MotoRequestHandler
 
@@ -508,6 +531,8 @@ def _keep_alive_handler() -> type:
                 length = int(self.headers.get("Content-Length") or 0)
             except ValueError:
                 return environ
+            if length < 0:
+                return environ
             self._body = _Body(self.rfile, length)
             environ["wsgi.input"] = self._body
             self._keep = True
@@ -528,11 +553,9 @@ def _keep_alive_handler() -> type:
             finally:
                 if self._body is not None:
                     self.rfile = self._body.stream
+                keep, self._keep = self._keep, False  # error pages of the next request must say close
             body = self._body
-            if not self._keep or body is None:
-                self.close_connection = True
-                return
-            if body.remaining > DRAIN_LIMIT:
+            if not keep or body is None or self.environ.get(_APP_FAILED) or body.remaining > DRAIN_LIMIT:
                 self.close_connection = True
                 return
             while body.remaining:
@@ -545,19 +568,44 @@ def _keep_alive_handler() -> type:
 
 KEEP_ALIVE_IDLE_S = 120.0
 DRAIN_LIMIT = 16 << 20
+_APP_FAILED = "radstream.app_failed"
+
+
+def _flag_failures(app: Any) -> Any:
+    """The WSGI application, marking in the environ a request whose application raised (werkzeug closes
+    such a connection only for chunked responses)."""
+
+    def flagged(environ: dict[str, Any], start_response: Any) -> Iterator[bytes]:
+        iterable = None
+        try:
+            iterable = app(environ, start_response)
+            yield from iterable
+        except BaseException:  # GeneratorExit too: werkzeug stopped before the end of the response
+            environ[_APP_FAILED] = True
+            raise
+        finally:
+            close = getattr(iterable, "close", None)
+            if close is not None:
+                close()
+
+    return flagged
 
 
 class EmulatorServer:
     """moto's server application (the same ``DomainDispatcherApplication`` as ``moto_server``), threaded,
-    with keep-alive connections."""
+    with keep-alive connections. ``app`` replaces moto's application (tests)."""
 
-    def __init__(self, host: str, port: int) -> None:
+    def __init__(self, host: str, port: int, app: Any = None) -> None:
         from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
         from werkzeug.serving import make_server
 
-        app = DomainDispatcherApplication(create_backend_app)
+        app = _flag_failures(app or DomainDispatcherApplication(create_backend_app))
         self._server = make_server(host, port, app, threaded=True, request_handler=_keep_alive_handler())
         self._thread = threading.Thread(target=self._server.serve_forever, name="emulator-http", daemon=True)
+
+    @property
+    def port(self) -> int:
+        return int(self._server.server_port)
 
     def start(self) -> None:
         self._thread.start()

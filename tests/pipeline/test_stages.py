@@ -80,8 +80,13 @@ def test_outputs_carry_each_source_header_byte_for_byte() -> None:
     assert decoded[2][0].timings_ms == {"infer": 1.5}
     with pytest.raises(ValueError, match="2 outputs but 1 headers"):
         output_codec.encode(outputs[:2], headers[:1])
-    with pytest.raises(ValueError, match="not an outputs object"):
-        output_codec.decode(b"not a zip file")
+    for garbage in (b"not a zip file", b"", b"PK\x03\x04truncated"):
+        with pytest.raises(ValueError, match="not an outputs object"):
+            output_codec.decode(garbage)
+    older = io.BytesIO()  # an outputs object of a release that did not carry the headers
+    np.savez_compressed(older, sop=np.array(["1.2.3"]), probability=np.array([0.5]))
+    with pytest.raises(ValueError, match="no source headers"):
+        output_codec.decode(older.getvalue())
 
 
 def test_prepared_object_holds_tensor_and_header() -> None:
@@ -89,8 +94,9 @@ def test_prepared_object_holds_tensor_and_header() -> None:
     decoded_tensor, header = prepared_codec.decode(prepared_codec.encode(tensor, b"header\x00"))
     assert decoded_tensor.dtype == np.float32 and np.array_equal(decoded_tensor, tensor)
     assert header == b"header\x00"
-    with pytest.raises(ValueError, match="not a prepared instance"):
-        prepared_codec.decode(b"\x93NUMPY garbage")
+    for garbage in (b"\x93NUMPY garbage", b"", b"PK\x03\x04truncated"):
+        with pytest.raises(ValueError, match="not a prepared instance"):
+            prepared_codec.decode(garbage)
 
 
 async def test_prepare_refuses_an_instance_that_does_not_match_its_manifest(stack: Stack) -> None:

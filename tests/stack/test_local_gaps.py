@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import http.client
 import io
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -14,6 +16,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import boto3
@@ -320,3 +323,145 @@ def test_concurrent_put_records_lose_nothing(emulator: str) -> None:
     expected = {f"{t}-{c}-{r}".encode() for t in range(threads) for c in range(calls) for r in range(per_call)}
     assert len(seen) == len(expected)
     assert set(seen) == expected
+
+
+def test_runtime_answers_a_result_it_cannot_serialise_as_lambda_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(lambda_runtime._HANDLERS, "worker.lambdas.unserialisable", lambda event, context: {1, 2})
+    error = lambda_runtime.invoke("worker.lambdas.unserialisable", {})["error"]
+    assert error["errorType"] == "Runtime.MarshalError"
+    assert "Unable to marshal response" in error["errorMessage"]
+
+
+class _Runtime(BaseHTTPRequestHandler):
+    """A local Lambda runtime stand-in: counts requests; ``/slow`` answers after 1 s, ``/drop`` never answers."""
+
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
+    seen: list[str] = []
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["Content-Length"]))
+        type(self).seen.append(self.path)
+        if self.path == "/drop":
+            self.close_connection = True
+            return
+        if self.path.startswith("/slow"):
+            time.sleep(1.0)
+        body = json.dumps({"result": {"ok": True}}).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return
+
+
+@pytest.fixture
+def runtime_stand_in() -> Iterator[str]:
+    _Runtime.seen = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Runtime)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_request_the_runtime_may_have_run_is_never_sent_twice(runtime_stand_in: str) -> None:
+    pool = moto_gaps._RuntimeConnections()
+    try:
+        assert pool.post(f"{runtime_stand_in}/ok", b"{}", 5.0)[0] == 200  # leaves a pooled connection
+        with pytest.raises(http.client.RemoteDisconnected):
+            pool.post(f"{runtime_stand_in}/drop", b"{}", 5.0)  # received, then no answer
+        assert _Runtime.seen == ["/ok", "/drop"]
+    finally:
+        pool.close()
+
+
+def test_a_handler_past_its_timeout_is_a_function_error(runtime_stand_in: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RADSTREAM_LAMBDA_RUNTIME_URL", f"{runtime_stand_in}/slow")
+    function = SimpleNamespace(handler="worker.lambdas.validate_metadata", timeout=0.3)
+    pool = moto_gaps._RuntimeConnections()
+    monkeypatch.setattr(moto_gaps, "_RUNTIME", pool)
+    try:
+        payload, errored, _logs = moto_gaps._invoke_remote(function, {})
+    finally:
+        pool.close()
+    assert errored
+    assert json.loads(payload) == {"errorType": "Sandbox.Timedout", "errorMessage": "Task timed out after 0.30 seconds"}
+
+
+def _keep_alive_server(app: Any) -> Iterator[int]:
+    server = moto_gaps.EmulatorServer("127.0.0.1", 0, app=app)
+    server.start()
+    try:
+        yield server.port
+    finally:
+        server.stop()
+
+
+def _test_app(environ: dict[str, Any], start_response: Any) -> Iterator[bytes]:
+    path = environ["PATH_INFO"]
+    if path == "/partial":
+        start_response("200 OK", [("Content-Length", "10")])
+        yield b"12345"
+        raise RuntimeError("failed half way")
+    # never reads the request body: the handler must drain it before the next request
+    body = f"answer to {environ['REQUEST_METHOD']} {path}".encode()
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    yield body
+
+
+@pytest.fixture
+def keep_alive_port() -> Iterator[int]:
+    yield from _keep_alive_server(_test_app)
+
+
+def _read_until_closed(sock: socket.socket) -> bytes:
+    sock.settimeout(5)
+    chunks = []
+    while chunk := sock.recv(65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def test_emulator_keeps_connections_and_drains_unread_bodies(keep_alive_port: int) -> None:
+    conn = http.client.HTTPConnection("127.0.0.1", keep_alive_port, timeout=5)
+    try:
+        answers = []
+        for i, body in enumerate((b"x" * 100_000, b"", b"y" * 10)):
+            conn.request("PUT", f"/object-{i}", body=body)
+            if i == 0:
+                first_socket = conn.sock
+            response = conn.getresponse()
+            answers.append(response.read())
+            assert not response.will_close
+        assert answers == [f"answer to PUT /object-{i}".encode() for i in range(3)]
+        assert conn.sock is first_socket  # one connection for the three requests
+    finally:
+        conn.close()
+
+
+def test_emulator_closes_after_a_request_rejected_before_the_application(keep_alive_port: int) -> None:
+    with socket.create_connection(("127.0.0.1", keep_alive_port)) as sock:
+        sock.sendall(b"GET /ok HTTP/1.1\r\nHost: x\r\n\r\n")
+        first = b""
+        while b"answer to GET /ok" not in first:
+            first += sock.recv(65536)
+        # a header line past http.server's 64 KiB limit: answered 431 without the application
+        sock.sendall(b"GET /next HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n")
+        rest = _read_until_closed(sock)
+    assert rest.startswith(b"HTTP/1.1 431")
+    assert b"Connection: close" in rest
+    assert rest.count(b"HTTP/1.") == 1  # and nothing of the rejected request read as another one
+
+
+def test_emulator_closes_after_an_application_failed_mid_response(keep_alive_port: int) -> None:
+    with socket.create_connection(("127.0.0.1", keep_alive_port)) as sock:
+        sock.sendall(b"GET /partial HTTP/1.1\r\nHost: x\r\n\r\n")
+        received = _read_until_closed(sock)  # the server closes: the client sees a short body, not a desync
+    assert received.startswith(b"HTTP/1.1 200")
+    assert received.endswith(b"\r\n\r\n12345")

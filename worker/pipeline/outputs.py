@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import zipfile
 
 import numpy as np
 
@@ -40,6 +41,8 @@ def decode(data: bytes) -> list[tuple[InstanceOutput, bytes]]:
     """(output, source header bytes) per instance; ValueError if ``data`` is not an outputs object."""
     try:
         with np.load(io.BytesIO(data), allow_pickle=False) as z:
+            if "header_offsets" not in z.files:
+                raise ValueError("it has no source headers: written by an earlier release; send the study again")
             raw, offsets = z["header_bytes"].tobytes(), z["header_offsets"]
             return [
                 (
@@ -58,5 +61,5 @@ def decode(data: bytes) -> list[tuple[InstanceOutput, bytes]]:
                 )
                 for i in range(len(z["sop"]))
             ]
-    except (OSError, KeyError, IndexError, ValueError) as exc:
+    except (OSError, KeyError, IndexError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         raise ValueError(f"not an outputs object: {type(exc).__name__}: {exc}") from exc

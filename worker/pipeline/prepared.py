@@ -5,6 +5,7 @@ outputs object, so StoreResults reads one object per execution instead of one pe
 from __future__ import annotations
 
 import io
+import zipfile
 
 import numpy as np
 import numpy.typing as npt
@@ -21,5 +22,5 @@ def decode(data: bytes) -> tuple[npt.NDArray[np.float32], bytes]:
     try:
         with np.load(io.BytesIO(data), allow_pickle=False) as z:
             return z["tensor"].astype(np.float32, copy=False), z["header"].tobytes()
-    except (OSError, KeyError, IndexError, ValueError) as exc:
+    except (OSError, KeyError, IndexError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         raise ValueError(f"not a prepared instance: {type(exc).__name__}: {exc}") from exc
