@@ -542,6 +542,11 @@ def _keep_alive_handler() -> type:
             self.rfile = _EXHAUSTED
             return environ
 
+        def log_error(self, format: str, *args: Any) -> None:
+            if format.startswith("Request timed out"):  # an idle kept-alive connection ending: not an error
+                return
+            super().log_error(format, *args)
+
         def send_header(self, keyword: str, value: str) -> None:
             if self._keep and keyword.lower() == "connection" and value.lower() == "close":
                 return

@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import io
 import json
+import logging
 import os
 import socket
 import subprocess
@@ -465,3 +466,15 @@ def test_emulator_closes_after_an_application_failed_mid_response(keep_alive_por
         received = _read_until_closed(sock)  # the server closes: the client sees a short body, not a desync
     assert received.startswith(b"HTTP/1.1 200")
     assert received.endswith(b"\r\n\r\n12345")
+
+
+def test_an_idle_kept_alive_connection_ends_quietly(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(moto_gaps, "KEEP_ALIVE_IDLE_S", 0.3)
+    for port in _keep_alive_server(_test_app):
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            sock.sendall(b"GET /ok HTTP/1.1\r\nHost: x\r\n\r\n")
+            received = _read_until_closed(sock)  # answered, then closed by the server once idle
+        assert received.startswith(b"HTTP/1.1 200") and received.endswith(b"answer to GET /ok")
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
