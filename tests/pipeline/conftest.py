@@ -25,7 +25,10 @@ from infra.local.processes import ProcessSpec
 from infra.local.provision import provision
 from infra.local.stack import child_env, isolated_settings, process_specs
 from infra.local.supervisor import Supervisor
+from radstream import keys
+from radstream.manifest import Manifest, ManifestInstance
 from radstream.settings import Settings
+from radstream.status import utcnow
 from tests.conftest import API_KEYS, KEY_ALPHA
 
 PIPELINE_TIMEOUT_S = 90
@@ -47,6 +50,35 @@ class Stack:
             aws_access_key_id="radstream",
             aws_secret_access_key="radstream",
         )
+
+    def write_manifest(
+        self, study: str, series: str, request_id: str, *, sop: str, sop_class_uid: str, size: int, sha256: str
+    ) -> str:
+        """Write, straight to the bucket, the manifest of one tenant-alpha CT instance; returns its key.
+        Nothing checks it against the store: tests use it for manifests the gateway would never write."""
+        manifest = Manifest(
+            request_id=request_id,
+            tenant="alpha",
+            study_instance_uid=study,
+            received_at=utcnow(),
+            instances=[
+                ManifestInstance(
+                    key=keys.instance_key("alpha", study, series, sop),
+                    sop_class_uid=sop_class_uid,
+                    sop_instance_uid=sop,
+                    series_instance_uid=series,
+                    transfer_syntax_uid="1.2.840.10008.1.2.1",
+                    modality="CT",
+                    size=size,
+                    sha256=sha256,
+                )
+            ],
+        )
+        key = keys.manifest_key("alpha", study, request_id)
+        self.client("s3").put_object(
+            Bucket=self.settings.images_bucket, Key=key, Body=manifest.model_dump_json().encode()
+        )
+        return key
 
     @property
     def auth(self) -> dict[str, str]:

@@ -14,8 +14,6 @@ import pytest
 from pydicom.uid import UltrasoundImageStorage
 
 from radstream import keys, synthetic
-from radstream.manifest import Manifest, ManifestInstance
-from radstream.status import utcnow
 from tests.gateway.stowhelp import stow
 from tests.pipeline.conftest import Stack
 
@@ -144,33 +142,14 @@ def test_failing_handler_retries_then_marks_failed(stack: Stack) -> None:
     # a manifest that names an instance the store does not have: PrepareTensors raises InstanceMissing,
     # a transient error, so Step Functions retries it, then Catch -> MarkFailed
     ghost = "1.2.826.0.1.3680043.10.99.1"
-    manifest = Manifest(
-        request_id="20260101T000000-ghost0000001",
-        tenant="alpha",
-        study_instance_uid=uids.study,
-        received_at=utcnow(),
-        instances=[
-            ManifestInstance(
-                key=keys.instance_key("alpha", uids.study, uids.series, ghost),
-                sop_class_uid=datasets[0].SOPClassUID,
-                sop_instance_uid=ghost,
-                series_instance_uid=uids.series,
-                transfer_syntax_uid="1.2.840.10008.1.2.1",
-                modality="CT",
-                size=1,
-                sha256="0" * 64,
-            )
-        ],
-    )
-    stack.client("s3").put_object(
-        Bucket=stack.settings.images_bucket,
-        Key=keys.manifest_key("alpha", uids.study, manifest.request_id),
-        Body=manifest.model_dump_json().encode(),
+    request_id = "20260101T000000-ghost0000001"
+    stack.write_manifest(
+        uids.study, uids.series, request_id, sop=ghost, sop_class_uid=datasets[0].SOPClassUID, size=1, sha256="0" * 64
     )
     status = stack.wait_status(uids.study, ("failed",))
     assert status["failure_reason"].startswith("InstanceMissing: instance 1.2.826.0.1.3680043.10.99.1")
-    assert wait_execution(stack, manifest.request_id) == "FAILED"
-    (execution,) = executions_for(stack, {manifest.request_id})
+    assert wait_execution(stack, request_id) == "FAILED"
+    (execution,) = executions_for(stack, {request_id})
     history = stack.client("stepfunctions").get_execution_history(executionArn=execution["executionArn"])["events"]
     attempts = [
         e

@@ -13,8 +13,6 @@ import pytest
 from pydicom.uid import CTImageStorage
 
 from radstream import keys, synthetic
-from radstream.manifest import Manifest, ManifestInstance
-from radstream.status import utcnow
 from tests.pipeline.conftest import Stack
 from worker.inference.types import InstanceOutput
 from worker.pipeline import outputs as output_codec
@@ -103,30 +101,21 @@ async def test_prepare_refuses_an_instance_that_does_not_match_its_manifest(stac
     uids = synthetic.StudyUids.new()
     data = synthetic.to_bytes(synthetic.ct_slice(uids, 0, rows=64, cols=64))
     sop = pydicom.dcmread(io.BytesIO(data)).SOPInstanceUID
-    instance_key = keys.instance_key("alpha", uids.study, uids.series, sop)
-    manifest = Manifest(
-        request_id="20260101T000000-tampered0001",
-        tenant="alpha",
-        study_instance_uid=uids.study,
-        received_at=utcnow(),
-        instances=[
-            ManifestInstance(
-                key=instance_key,
-                sop_class_uid=CTImageStorage,
-                sop_instance_uid=sop,
-                series_instance_uid=uids.series,
-                transfer_syntax_uid="1.2.840.10008.1.2.1",
-                modality="CT",
-                size=len(data),
-                sha256=hashlib.sha256(data + b"changed").hexdigest(),
-            )
-        ],
-    )
-    manifest_key = keys.manifest_key("alpha", uids.study, manifest.request_id)
     s3 = stack.client("s3")
-    # written straight to the bucket under a study no test sends: no pipeline runs for it
-    s3.put_object(Bucket=stack.settings.images_bucket, Key=instance_key, Body=data)
-    s3.put_object(Bucket=stack.settings.images_bucket, Key=manifest_key, Body=manifest.model_dump_json().encode())
+    # written straight to the bucket, for a study no other test uses (the execution the manifest starts
+    # fails the same way, and writes nothing either)
+    s3.put_object(
+        Bucket=stack.settings.images_bucket, Key=keys.instance_key("alpha", uids.study, uids.series, sop), Body=data
+    )
+    manifest_key = stack.write_manifest(
+        uids.study,
+        uids.series,
+        "20260101T000000-tampered0001",
+        sop=sop,
+        sop_class_uid=CTImageStorage,
+        size=len(data),
+        sha256=hashlib.sha256(data + b"changed").hexdigest(),
+    )
     event = {"tenant": "alpha", "study": uids.study, "model": "lesion_detector", "manifest_key": manifest_key}
     async with stage_context(stack.settings) as ctx:
         with pytest.raises(ManifestInvalid, match=f"instance {sop} does not match its manifest checksum"):

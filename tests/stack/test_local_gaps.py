@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import io
 import json
@@ -212,6 +213,26 @@ def test_an_unreachable_lambda_runtime_is_a_lambda_service_error(emulator: str) 
     assert caught.value.response["ResponseMetadata"]["HTTPStatusCode"] == 500
 
 
+def _answer(handler: BaseHTTPRequestHandler, body: bytes) -> None:
+    handler.send_response(200)
+    handler.send_header("Content-Length", str(len(body)))
+    handler.end_headers()
+    handler.wfile.write(body)
+
+
+@contextlib.contextmanager
+def _serving(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
+    """A threaded HTTP server on a free loopback port; yields its base URL."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 class _ClosingWhenIdle(BaseHTTPRequestHandler):
     """Keep-alive, but closes a connection idle for 0.2 s, as the local Lambda runtime does after 120 s."""
 
@@ -220,42 +241,35 @@ class _ClosingWhenIdle(BaseHTTPRequestHandler):
     disable_nagle_algorithm = True
 
     def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        _answer(self, self.rfile.read(int(self.headers["Content-Length"])))
 
     def log_message(self, format: str, *args: Any) -> None:
         return
 
 
 def test_runtime_connections_are_reused_and_replaced_when_the_runtime_closed_them() -> None:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _ClosingWhenIdle)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_address[1]}/invoke"
     pool = moto_gaps._RuntimeConnections()
-    try:
-        results: list[tuple[int, bytes]] = []
-        workers = [
-            threading.Thread(target=lambda i=i: results.append(pool.post(url, f"call {i}".encode(), 5.0)))
-            for i in range(4)
-        ]
-        for worker in workers:
-            worker.start()
-        for worker in workers:
-            worker.join()
-        assert sorted(results) == [(200, f"call {i}".encode()) for i in range(4)]
-        assert 1 <= len(pool._idle) <= 4
-        assert pool.post(url, b"again", 5.0) == (200, b"again")  # reused at once
-        time.sleep(0.6)  # the server has closed every idle connection; the pool still holds them
-        assert pool._idle
-        assert pool.post(url, b"after idle", 5.0) == (200, b"after idle")  # one stale try, then a new connection
-    finally:
-        pool.close()
-        server.shutdown()
-        server.server_close()
+    with _serving(_ClosingWhenIdle) as base:
+        url = f"{base}/invoke"
+        try:
+            results: list[tuple[int, bytes]] = []
+            workers = [
+                threading.Thread(target=lambda i=i: results.append(pool.post(url, f"call {i}".encode(), 5.0)))
+                for i in range(4)
+            ]
+            for worker in workers:
+                worker.start()
+            for worker in workers:
+                worker.join()
+            assert sorted(results) == [(200, f"call {i}".encode()) for i in range(4)]
+            assert 1 <= len(pool._idle) <= 4
+            assert pool.post(url, b"again", 5.0) == (200, b"again")  # reused at once
+            time.sleep(0.6)  # the server has closed every idle connection; the pool still holds them
+            assert pool._idle
+            # one stale try, then a new connection
+            assert pool.post(url, b"after idle", 5.0) == (200, b"after idle")
+        finally:
+            pool.close()
 
 
 def test_image_resizing_processes_run_blas_single_threaded(tmp_path: Path) -> None:
@@ -348,11 +362,7 @@ class _Runtime(BaseHTTPRequestHandler):
             return
         if self.path.startswith("/slow"):
             time.sleep(1.0)
-        body = json.dumps({"result": {"ok": True}}).encode()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        _answer(self, json.dumps({"result": {"ok": True}}).encode())
 
     def log_message(self, format: str, *args: Any) -> None:
         return
@@ -361,14 +371,8 @@ class _Runtime(BaseHTTPRequestHandler):
 @pytest.fixture
 def runtime_stand_in() -> Iterator[str]:
     _Runtime.seen = []
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Runtime)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with _serving(_Runtime) as base:
+        yield base
 
 
 def test_a_request_the_runtime_may_have_run_is_never_sent_twice(runtime_stand_in: str) -> None:
