@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from pydicom import Dataset
 from pydicom.uid import Comprehensive3DSRStorage, generate_uid
+from reference_sr import build_sr_with_highdicom
 from results_sources import (
     ACCESSION_NUMBER,
     MODEL_NAME,
@@ -26,6 +27,23 @@ from results_sources import (
 from worker.results import InconsistentInputError, build_sr, dataset_from_bytes, dataset_to_bytes
 from worker.results.codes import ABSENT, LESION, PRESENT, PROBABILITY
 
+# Attributes that differ between two builds of one report: creation times and generated Tracking UIDs.
+_GENERATED = {"00080013", "00080033", "0018A002"}
+_TRACKING_UID = "112040"
+
+
+def _comparable(element: object) -> object:
+    """DICOM JSON with generated values blanked (times, Tracking UIDs), for comparing two builds."""
+    if isinstance(element, list):
+        return [_comparable(item) for item in element]
+    if not isinstance(element, dict):
+        return element
+    result = {tag: ("generated" if tag in _GENERATED else _comparable(value)) for tag, value in element.items()}
+    name = element.get("0040A043", {}).get("Value", [{}])[0].get("00080100", {}).get("Value", [None])[0]
+    if name == _TRACKING_UID:
+        result["0040A124"] = "generated"
+    return result
+
 
 def _report(sr: Dataset) -> hd.sr.MeasurementReport:
     """Decode the SR's bytes with highdicom and return its measurement report."""
@@ -43,6 +61,44 @@ def test_sr_round_trips_through_bytes_unchanged(study: Study) -> None:
     assert read.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"
     assert read.file_meta.MediaStorageSOPInstanceUID == sr.SOPInstanceUID
     assert dataset_to_bytes(read) == data
+
+
+@pytest.mark.parametrize("which", ["study", "one image", "one negative image"])
+def test_sr_equals_what_highdicom_builds(study: Study, which: str) -> None:
+    """The report is written item by item (for speed); highdicom's builder is the reference it must equal."""
+    headers, outputs = {
+        "study": (study.headers, study.outputs),
+        "one image": (study.ct[:1], study.outputs[:1]),
+        "one negative image": (study.ct[2:3], study.outputs[2:3]),
+    }[which]
+    uids = {"series_instance_uid": generate_uid(), "sop_instance_uid": generate_uid()}
+    ours = dataset_from_bytes(dataset_to_bytes(build_sr(headers, outputs, threshold=THRESHOLD, **uids)))
+    reference = dataset_from_bytes(
+        dataset_to_bytes(build_sr_with_highdicom(headers, outputs, threshold=THRESHOLD, **uids))
+    )
+    ours_json, reference_json = _comparable(ours.to_json_dict()), _comparable(reference.to_json_dict())
+    assert isinstance(ours_json, dict) and isinstance(reference_json, dict)
+    # the one intended difference: the processing equipment is RadStream, not highdicom
+    ours_software = ours_json.pop("0018A001")["Value"].pop()
+    reference_software = reference_json.pop("0018A001")["Value"].pop()
+    assert ours_software["00080070"]["Value"] == ["RadStream"]
+    assert reference_software["00080070"]["Value"] == ["Highdicom open-source contributors"]
+    assert ours_software["0040A170"] == reference_software["0040A170"]  # both Processing Equipment
+    assert ours_json == reference_json
+    assert set(ours.keys()) == set(reference.keys())
+
+
+def test_sr_of_a_source_without_optional_patient_attributes(dciodvfy: Callable[[bytes], Verification]) -> None:
+    """Type 2 attributes missing from the source (sex, referring physician, accession) stay empty, not fatal."""
+    [header] = make_ct_series(generate_uid(), slices=1)
+    for keyword in ("PatientSex", "ReferringPhysicianName", "AccessionNumber", "StudyID", "Manufacturer"):
+        delattr(header, keyword)
+    sr = dataset_from_bytes(dataset_to_bytes(build_sr([header], [make_output(header, 0.9)], threshold=THRESHOLD)))
+    assert sr.PatientSex == "" and sr.AccessionNumber == "" and sr.ReferringPhysicianName == ""
+    assert sr.PatientID == PATIENT_ID
+    assert [item.Manufacturer for item in sr.ContributingEquipmentSequence] == ["RadStream"]
+    result = dciodvfy(dataset_to_bytes(sr))
+    assert result.errors == [], result.output
 
 
 def test_sr_passes_dciodvfy(study: Study, dciodvfy: Callable[[bytes], Verification]) -> None:
