@@ -85,6 +85,22 @@ def test_cr_seg_passes_dciodvfy(study: Study, dciodvfy: Callable[[bytes], Verifi
     assert result.errors == [], result.output
 
 
+def test_seg_of_a_source_without_optional_patient_attributes(
+    study: Study, dciodvfy: Callable[[bytes], Verification]
+) -> None:
+    """Type 2 attributes missing from the source stay empty in the SEG instead of failing it."""
+    source = study.ct[0]
+    missing = ("PatientSex", "ReferringPhysicianName", "AccessionNumber", "StudyID")
+    for keyword in missing:
+        delattr(source, keyword)
+    seg = dataset_from_bytes(dataset_to_bytes(_built(build_seg([source], study.outputs[:1], THRESHOLD))))
+    assert [seg[keyword].value for keyword in missing] == ["", "", "", ""]
+    assert seg.PatientID == PATIENT_ID
+    assert not any(keyword in source for keyword in missing)  # the source itself is not changed
+    result = dciodvfy(dataset_to_bytes(seg))
+    assert result.errors == [], result.output
+
+
 def test_ct_seg_references_its_sources_and_copies_patient_and_study(study: Study) -> None:
     seg = dataset_from_bytes(dataset_to_bytes(_built(build_seg(study.ct, study.outputs[:3], THRESHOLD))))
     assert seg.SOPClassUID == SegmentationStorage

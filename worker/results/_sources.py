@@ -17,6 +17,33 @@ class AnalysedInstance:
     output: InstanceOutput
 
 
+# Type 2 attributes of the Patient and General Study modules that highdicom reads from the first source image
+# (and fails without): a source that lacks one gives the derived object an empty value instead.
+TYPE2_PATIENT_AND_STUDY = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "AccessionNumber",
+    "StudyID",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+)
+
+
+def with_type2_defaults(header: Dataset) -> Dataset:
+    """``header``, or a shallow copy of it with the missing :data:`TYPE2_PATIENT_AND_STUDY` attributes empty."""
+    missing = [keyword for keyword in TYPE2_PATIENT_AND_STUDY if keyword not in header]
+    if not missing:
+        return header
+    copy = Dataset()
+    copy.update(header)  # Dataset(header) would share the original's elements dict
+    for keyword in missing:
+        setattr(copy, keyword, None)
+    return copy
+
+
 def check_inputs(source_headers: Sequence[Dataset], outputs: Sequence[InstanceOutput]) -> None:
     """Check that headers and outputs describe one study analysed by one model.
 

@@ -27,7 +27,7 @@ from pydicom import Dataset
 
 from worker.inference.types import InstanceOutput
 from worker.results import codes
-from worker.results._sources import AnalysedInstance, pair
+from worker.results._sources import AnalysedInstance, pair, with_type2_defaults
 from worker.results.errors import IncompatibleSourcesError
 
 DEFAULT_SEG_SERIES_NUMBER = 9002
@@ -156,7 +156,7 @@ def build_seg(
         return None
     first = analysed[0].output
     seg = hd.seg.Segmentation(
-        source_images=[item.header for item in analysed],
+        source_images=[with_type2_defaults(item.header) for item in analysed],
         pixel_array=masks.astype(np.uint8),
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=[_segment(first.model_name, first.model_version)],
