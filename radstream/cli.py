@@ -154,10 +154,13 @@ def worker() -> None:
     """Run the inference worker (consumes the inference queue until SIGTERM)."""
     import logging
 
+    import uvloop
+
     from worker.main import run_worker
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    raise typer.Exit(asyncio.run(run_worker(get_settings())))
+    # uvloop, as uvicorn uses for the gateway: the worker is mostly event loop and HTTP client work
+    raise typer.Exit(uvloop.run(run_worker(get_settings())))
 
 
 @app.command()

@@ -4,8 +4,8 @@ Each raises the stage's typed error; Step Functions sees the class name as the e
 the state machine's Retry/Catch. Nothing here returns an error as a value.
 
 Clients are created once per runtime and reused by every invocation (Lambda's init phase): one event
-loop runs in a background thread and every invocation is a coroutine on it. Building aioboto3 clients
-costs tens of milliseconds each, far more than a stage's own work.
+loop (uvloop) runs in a background thread and every invocation is a coroutine on it. Building aioboto3
+clients costs tens of milliseconds each, far more than a stage's own work.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from typing import Any
 
+import uvloop
+
 from radstream.settings import get_settings
 from worker.pipeline import prepare, start, store, validate
 from worker.pipeline.context import StageContext, stage_context
@@ -25,7 +27,7 @@ Stage = Callable[[StageContext, dict[str, Any]], Awaitable[dict[str, Any]]]
 
 class _Runtime:
     def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
+        self.loop = uvloop.new_event_loop()
         threading.Thread(target=self.loop.run_forever, name="lambda-runtime", daemon=True).start()
         self._stack = AsyncExitStack()
         self._context: StageContext | None = None
