@@ -32,7 +32,7 @@ from radstream import synthetic
 from radstream.settings import Settings
 from radstream.stats import download_datalake, run_queries
 
-FULL_RATES = (1.0, 2.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0, 12.0, 15.0, 20.0, 35.0, 50.0)
+FULL_RATES = (1.0, 2.0, 4.0, 6.0, 8.0, 9.0, 10.0, 11.0, 12.0, 13.0, 14.0, 15.0, 17.0, 20.0, 35.0, 50.0)
 SATURATED_P95_MS = 5000.0  # beyond this (or with studies left incomplete) higher rates are not run
 QUICK_RATES = (2.0, 5.0)
 FULL_SECONDS = 20.0
