@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import re
+import threading
 from typing import Any
 
 import aioboto3
 from botocore.config import Config
+from botocore.endpoint_provider import EndpointProvider
 
 from radstream.settings import Settings
 
@@ -13,7 +17,50 @@ from radstream.settings import Settings
 _LOCAL_ACCESS_KEY = "radstream"
 
 
+_ENDPOINT_PATCH_LOCK = threading.Lock()
+
+
+def _ruleset_names(ruleset_data: dict[str, Any]) -> frozenset[str]:
+    """Every name the rules read: ``{"ref": NAME}`` and ``{NAME}`` / ``{NAME#attr}`` in templates."""
+    text = json.dumps(ruleset_data.get("rules", []))
+    return frozenset(re.findall(r'"ref": "([A-Za-z0-9_]+)"', text)) | frozenset(
+        re.findall(r"\{([A-Za-z0-9_]+)(?:#[^}]*)?\}", text)
+    )
+
+
+def cache_endpoints_by_what_the_rules_read() -> None:
+    """Resolve each client's endpoint from botocore's cache whatever the object key.
+
+    botocore caches endpoint resolution per set of parameters (100 sets per client), and for S3 the
+    parameters include the object ``Key`` (and ``Prefix``, ``CopySource``), which S3's ruleset never reads:
+    every new key missed the cache and evaluated the whole ruleset again, about a third of the client CPU
+    of an S3 call (0.25 of 0.8 ms, measured). Parameters that no rule reads are dropped before the cached
+    call, so the endpoint is the same and comes from the cache. Idempotent; applied by :func:`session`.
+    """
+    with _ENDPOINT_PATCH_LOCK:
+        if getattr(EndpointProvider, "_radstream_patched", False):
+            return
+        original_init = EndpointProvider.__init__
+        original_resolve = EndpointProvider.resolve_endpoint
+
+        def __init__(self: EndpointProvider, ruleset_data: dict[str, Any], *args: Any, **kwargs: Any) -> None:
+            original_init(self, ruleset_data, *args, **kwargs)
+            self._radstream_read = _ruleset_names(ruleset_data)  # type: ignore[attr-defined]
+
+        def resolve_endpoint(self: EndpointProvider, **params: Any) -> Any:
+            read = getattr(self, "_radstream_read", None)
+            if read is not None:
+                params = {name: value for name, value in params.items() if name in read}
+            return original_resolve(self, **params)
+
+        resolve_endpoint.cache_info = original_resolve.cache_info  # type: ignore[attr-defined]
+        EndpointProvider.__init__ = __init__  # type: ignore[method-assign,assignment]
+        EndpointProvider.resolve_endpoint = resolve_endpoint  # type: ignore[method-assign]
+        EndpointProvider._radstream_patched = True  # type: ignore[attr-defined]
+
+
 def session(settings: Settings) -> aioboto3.Session:
+    cache_endpoints_by_what_the_rules_read()
     if settings.aws_endpoint_url is not None:
         return aioboto3.Session(
             region_name=settings.aws_region,
