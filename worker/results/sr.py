@@ -251,6 +251,14 @@ def _copy_patient_and_study(sr: Dataset, source: Dataset) -> None:
             sr.add(source[tag])
 
 
+@lru_cache(maxsize=1)
+def _software_version() -> str:
+    try:
+        return importlib.metadata.version("radstream")
+    except importlib.metadata.PackageNotFoundError:  # running from a source tree that was not installed
+        return "unknown"
+
+
 @lru_cache(maxsize=64)
 def _is_image(sop_class_uid: str) -> bool:
     from highdicom._standard_utils import does_iod_have_pixel_data
@@ -296,7 +304,7 @@ def _contributing_equipment(source: Dataset, now: datetime.datetime) -> list[Dat
             _PROCESSING_EQUIPMENT,
             "Software that created this instance",
             ManufacturerModelName="RadStream",
-            SoftwareVersions=importlib.metadata.version("radstream"),
+            SoftwareVersions=_software_version(),
             ContributionDateTime=DT(now),
         )
     )
