@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -35,6 +36,15 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+@dataclass(frozen=True)
+class ReceivedWrite:
+    """What :meth:`StatusStore.record_received` changed: the row as it was before (None: there was none)
+    and the ``updated_at`` it wrote, so the write can be undone while nothing else changed the row."""
+
+    previous: dict[str, Any] | None
+    updated_at: str
+
+
 class StatusStore:
     """Typed access to the status table (partition key ``pk`` = tenant, sort key ``sk`` = study UID)."""
 
@@ -42,11 +52,11 @@ class StatusStore:
         self._ddb = client
         self.table = table
 
-    async def record_received(self, tenant: str, study: str) -> None:
+    async def record_received(self, tenant: str, study: str) -> ReceivedWrite:
         """Mark the study ``received``. Instance and series counts come from the object store (the truth)."""
         now = utcnow().isoformat()
         try:
-            await self._ddb.update_item(
+            response = await self._ddb.update_item(
                 TableName=self.table,
                 Key={"pk": {"S": tenant}, "sk": {"S": study}},
                 UpdateExpression=(
@@ -59,9 +69,31 @@ class StatusStore:
                     ":now": {"S": now},
                     ":empty": {"M": {}},
                 },
+                ReturnValues="ALL_OLD",
             )
         except Exception as exc:
             raise translate(exc, "UpdateItem") from exc
+        return ReceivedWrite(previous=response.get("Attributes"), updated_at=now)
+
+    async def undo_received(self, tenant: str, study: str, write: ReceivedWrite) -> bool:
+        """Put the row back as it was before ``write`` (remove it if there was none), unless something
+        changed it since. True when undone."""
+        condition = {
+            "ConditionExpression": "updated_at = :ours",
+            "ExpressionAttributeValues": {":ours": {"S": write.updated_at}},
+        }
+        key = {"pk": {"S": tenant}, "sk": {"S": study}}
+        try:
+            if write.previous is None:
+                await self._ddb.delete_item(TableName=self.table, Key=key, **condition)
+            else:
+                await self._ddb.put_item(TableName=self.table, Item=write.previous, **condition)
+        except Exception as exc:
+            error = getattr(exc, "response", {}).get("Error", {}).get("Code")
+            if error == "ConditionalCheckFailedException":
+                return False
+            raise translate(exc, "DeleteItem" if write.previous is None else "PutItem") from exc
+        return True
 
     async def set_state(
         self,

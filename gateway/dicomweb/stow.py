@@ -4,7 +4,9 @@ Memory is bounded: each part is spooled (RAM up to ``spool_memory_bytes``, then 
 its SHA-256 is computed; header parsing and the conditional S3 write of a part run as a task, and at most
 ``stow_concurrent_puts`` tasks run per request: when they are all busy the body is not read further
 (backpressure to the client). An instance is reported stored only after S3 confirmed the write; when the
-request fails as a whole (size limit, storage down), objects this request created are removed again.
+request fails as a whole (size limit, storage down), objects this request created are removed again, and
+when that happens after the study's status row was written (the manifest failed), the row is put back as
+it was: a new study has none, a known one keeps its status, unless something changed the row since.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from radstream.dicom import (
 from radstream.errors import BadRequest, PayloadTooLarge, StorageUnavailable, UnsupportedMediaType
 from radstream.manifest import Manifest, ManifestInstance
 from radstream.settings import Settings
-from radstream.status import StatusStore, utcnow
+from radstream.status import ReceivedWrite, StatusStore, utcnow
 from radstream.storage import ObjectStore, PutOutcome, StorageError
 from radstream.telemetry import BufferedTelemetry, TelemetryEvent
 
@@ -305,12 +307,13 @@ class StowService:
         for inst in created:
             by_study.setdefault(inst.header.study_instance_uid, []).append(inst)
         written: list[str] = []
+        rows: list[tuple[str, ReceivedWrite]] = []
         try:
             for study, instances in by_study.items():
                 request_id = f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:12]}"
                 key = keys.manifest_key(tenant, study, request_id)
                 # The status row must exist before the manifest starts the pipeline.
-                await self._status.record_received(tenant, study)
+                rows.append((study, await self._status.record_received(tenant, study)))
                 written.append(key)
                 await self._images.put_json(key, _manifest(tenant, study, request_id, instances))
                 outcome.manifest_key = key
@@ -319,10 +322,19 @@ class StowService:
             await self._rollback(created)
             for key in written:
                 await self._delete_quietly(key)
+            for study, row in rows:  # the study is as it was: not `received` for instances that are gone
+                await self._undo_quietly(tenant, study, row)
             raise StorageUnavailable(
                 "storage failed while recording the request; nothing was stored, retry later",
                 headers={"Retry-After": str(self._settings.storage_retry_after_s)},
             ) from exc
+
+    async def _undo_quietly(self, tenant: str, study: str, row: ReceivedWrite) -> None:
+        try:
+            if not await self._status.undo_received(tenant, study, row):
+                log.warning("status of %s changed since this request wrote it; left as it is", study)
+        except Exception as exc:  # best effort, like the rollback of the objects
+            log.warning("status of %s not restored: %s", study, exc)
 
     async def _rollback(self, instances: list[StoredInstance]) -> None:
         for inst in instances:
