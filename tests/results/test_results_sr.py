@@ -1,5 +1,6 @@
 """The study SR: content, references, patient/study copy, bytes round-trip, dciodvfy."""
 
+import dataclasses
 from collections.abc import Callable
 from io import BytesIO
 
@@ -8,6 +9,7 @@ import numpy as np
 import pytest
 from pydicom import Dataset
 from pydicom.uid import Comprehensive3DSRStorage, generate_uid
+from pydicom.valuerep import DA, TM
 from reference_sr import build_sr_with_highdicom
 from results_sources import (
     ACCESSION_NUMBER,
@@ -24,11 +26,13 @@ from results_sources import (
     make_output,
 )
 
+from worker.inference.types import InstanceOutput
 from worker.results import InconsistentInputError, build_sr, dataset_from_bytes, dataset_to_bytes
 from worker.results.codes import ABSENT, LESION, PRESENT, PROBABILITY
 
-# Attributes that differ between two builds of one report: creation times and generated Tracking UIDs.
-_GENERATED = {"00080013", "00080033", "0018A002"}
+# Attributes that differ between two builds of one report: creation dates and times (not the source's
+# acquisition time in the first Contributing Equipment item, which is compared) and generated Tracking UIDs.
+_GENERATED = {"00080012", "00080013", "00080023", "00080033"}
 _TRACKING_UID = "112040"
 
 
@@ -63,14 +67,56 @@ def test_sr_round_trips_through_bytes_unchanged(study: Study) -> None:
     assert dataset_to_bytes(read) == data
 
 
-@pytest.mark.parametrize("which", ["study", "one image", "one negative image"])
+def _equipment(header: Dataset, variant: str) -> Dataset:
+    """The source's acquisition equipment attributes, in the forms sources carry them."""
+    if variant == "typed date and time":
+        header.AcquisitionDate = DA("20260301")
+        header.AcquisitionTime = TM("101501.25")
+    elif variant == "datetime":
+        header.AcquisitionDateTime = "20260301101501.250000"
+    elif variant == "invalid station name":  # longer than SH allows: the acquisition item is left out
+        with pytest.warns(UserWarning, match="exceeds the maximum length"):
+            header.StationName = "STATION-NAME-TOO-LONG"
+    header.ManufacturerModelName = "Scanner 9000"
+    header.SoftwareVersions = ["VA10", "SP2"]
+    header.DeviceSerialNumber = "SN-1"
+    header.InstitutionName = "General Hospital"
+    return header
+
+
+def _multiframe(header: Dataset) -> Dataset:
+    header.NumberOfFrames = 5
+    return header
+
+
+@pytest.mark.parametrize(
+    "which",
+    [
+        "study",
+        "one image",
+        "one negative image",
+        "typed date and time",
+        "datetime",
+        "invalid station name",
+        "multi-frame",
+    ],
+)
 def test_sr_equals_what_highdicom_builds(study: Study, which: str) -> None:
     """The report is written item by item (for speed); highdicom's builder is the reference it must equal."""
-    headers, outputs = {
-        "study": (study.headers, study.outputs),
-        "one image": (study.ct[:1], study.outputs[:1]),
-        "one negative image": (study.ct[2:3], study.outputs[2:3]),
-    }[which]
+    cases: dict[str, Callable[[], tuple[list[Dataset], list[InstanceOutput]]]] = {  # built only when chosen
+        "study": lambda: (study.headers, study.outputs),
+        "one image": lambda: (study.ct[:1], study.outputs[:1]),
+        "one negative image": lambda: (study.ct[2:3], study.outputs[2:3]),
+        "typed date and time": lambda: ([_equipment(study.ct[0], which)], study.outputs[:1]),
+        "datetime": lambda: ([_equipment(study.dx, which)], study.outputs[3:]),
+        "invalid station name": lambda: ([_equipment(study.ct[0], which)], study.outputs[:1]),
+        "multi-frame": lambda: ([_multiframe(study.ct[0])], study.outputs[:1]),
+    }
+    headers, outputs = cases[which]()
+    assert ("NumberOfFrames" in headers[0]) == (which == "multi-frame")
+    assert ("ManufacturerModelName" in headers[0]) == (
+        which in ("typed date and time", "datetime", "invalid station name")
+    )
     uids = {"series_instance_uid": generate_uid(), "sop_instance_uid": generate_uid()}
     ours = dataset_from_bytes(dataset_to_bytes(build_sr(headers, outputs, threshold=THRESHOLD, **uids)))
     reference = dataset_from_bytes(
@@ -78,14 +124,40 @@ def test_sr_equals_what_highdicom_builds(study: Study, which: str) -> None:
     )
     ours_json, reference_json = _comparable(ours.to_json_dict()), _comparable(reference.to_json_dict())
     assert isinstance(ours_json, dict) and isinstance(reference_json, dict)
-    # the one intended difference: the processing equipment is RadStream, not highdicom
-    ours_software = ours_json.pop("0018A001")["Value"].pop()
-    reference_software = reference_json.pop("0018A001")["Value"].pop()
+    # the one intended difference: the last Contributing Equipment item, the software, is RadStream
+    ours_software = ours_json["0018A001"]["Value"].pop()
+    reference_software = reference_json["0018A001"]["Value"].pop()
     assert ours_software["00080070"]["Value"] == ["RadStream"]
     assert reference_software["00080070"]["Value"] == ["Highdicom open-source contributors"]
     assert ours_software["0040A170"] == reference_software["0040A170"]  # both Processing Equipment
-    assert ours_json == reference_json
+    assert ours_json == reference_json  # including the acquisition equipment item, when there is one
     assert set(ours.keys()) == set(reference.keys())
+    acquisition = len(ours.ContributingEquipmentSequence) == 2
+    assert acquisition == (which != "invalid station name")
+
+
+def test_sr_of_a_multiframe_source_references_the_analysed_frame(study: Study) -> None:
+    header = _multiframe(study.ct[0])
+    report = _report(build_sr([header], study.outputs[:1], threshold=THRESHOLD))
+    [group] = report.get_planar_roi_measurement_groups()
+    image = group.roi.ContentSequence[0].ReferencedSOPSequence[0]
+    assert image.ReferencedFrameNumber == 3  # the middle of 5 frames, the one the model sees
+
+
+def test_sr_leaves_out_an_empty_character_set_and_shortens_a_long_series_description(
+    study: Study, dciodvfy: Callable[[bytes], Verification]
+) -> None:
+    header = study.ct[0]
+    header.SpecificCharacterSet = ""
+    [output] = study.outputs[:1]
+    long_name = dataclasses.replace(
+        output, model_name="a-model-with-a-rather-long-name-for-a-pacs", model_version="2026.11.26-rc1"
+    )
+    sr = dataset_from_bytes(dataset_to_bytes(build_sr([header], [long_name], threshold=THRESHOLD)))
+    assert "SpecificCharacterSet" not in sr
+    assert len(sr.SeriesDescription) == 64 and sr.SeriesDescription.startswith("a-model-with")
+    result = dciodvfy(dataset_to_bytes(sr))
+    assert result.errors == [], result.output
 
 
 def test_sr_of_a_source_without_optional_patient_attributes(dciodvfy: Callable[[bytes], Verification]) -> None:

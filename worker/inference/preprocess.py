@@ -61,6 +61,15 @@ def read_dataset(path: Path) -> Dataset:
         raise PreprocessError(f"{path.name}: not a readable DICOM file ({exc})") from exc
 
 
+def analysed_frame(ds: Dataset) -> tuple[int, int]:
+    """(number of frames, 0-based index of the frame the model sees: the middle one)."""
+    try:
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+    except (TypeError, ValueError):
+        frames = 1
+    return frames, frames // 2
+
+
 def decode_frame(ds: Dataset, apply_rescale: bool = True) -> tuple[npt.NDArray[Any], int]:
     """Decode the middle frame as a 2D float64 array, after the modality LUT when ``apply_rescale``.
 
@@ -68,11 +77,7 @@ def decode_frame(ds: Dataset, apply_rescale: bool = True) -> tuple[npt.NDArray[A
     """
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
         raise PreprocessError("dataset has no pixel data")
-    try:
-        frames = int(ds.get("NumberOfFrames", 1) or 1)
-    except (TypeError, ValueError):
-        frames = 1
-    index = frames // 2
+    frames, index = analysed_frame(ds)
     try:
         arr = pixel_array(ds, index=index) if frames > 1 else ds.pixel_array
         photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))

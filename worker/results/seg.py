@@ -168,7 +168,7 @@ def build_seg(
         manufacturer_model_name=first.model_name,
         software_versions=first.model_version,
         device_serial_number=DEVICE_SERIAL_NUMBER,
-        series_description=f"{first.model_name} {first.model_version} lesion mask",
+        series_description=f"{first.model_name} {first.model_version} lesion mask"[:64],  # LO
     )
     source = analysed[0].header
     if hd.spatial.get_image_coordinate_system(source) is None:

@@ -22,6 +22,7 @@ is pydicom's either way (3.8 ms). See docs/decisions.md.
 
 from __future__ import annotations
 
+import copy
 import datetime
 import importlib.metadata
 from collections.abc import Sequence
@@ -30,7 +31,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from highdicom import UID
+from highdicom import UID, ContributingEquipment
 from highdicom._standard_utils import get_iod_module_map, get_module_attribute_map, get_sop_class_iod_map
 from highdicom.sr import CodedConcept
 from pydicom import Dataset
@@ -44,6 +45,7 @@ from pydicom.uid import (
 )
 from pydicom.valuerep import DA, DS, DT, TM
 
+from worker.inference.preprocess import analysed_frame
 from worker.inference.types import InstanceOutput
 from worker.results import codes
 from worker.results._sources import AnalysedInstance, pair
@@ -76,15 +78,6 @@ _IMAGE_REGION = _dcm("111030", "Image Region")
 _SOURCE = CodedConcept(value="260753009", scheme_designator="SCT", meaning="Source")
 _ACQUISITION_EQUIPMENT = _dcm("109101", "Acquisition Equipment")
 _PROCESSING_EQUIPMENT = _dcm("109102", "Processing Equipment")
-_EQUIPMENT_KEYWORDS = (
-    "ManufacturerModelName",
-    "InstitutionName",
-    "InstitutionalDepartmentName",
-    "InstitutionAddress",
-    "StationName",
-    "DeviceSerialNumber",
-    "SoftwareVersions",
-)
 
 
 def device_observer_uid(model_name: str, model_version: str) -> str:
@@ -175,6 +168,9 @@ def _measurement_group(item: AnalysedInstance, index: int, threshold: float) -> 
     image = Dataset()
     image.ReferencedSOPClassUID = str(header.SOPClassUID)
     image.ReferencedSOPInstanceUID = str(header.SOPInstanceUID)
+    frames, index = analysed_frame(header)
+    if frames > 1:  # the point is on the frame the model saw (Image Reference Macro, type 1C)
+        image.ReferencedFrameNumber = index + 1
     source = _item("SELECTED FROM", "IMAGE", _SOURCE, ReferencedSOPSequence=[image])
     region = _item("CONTAINS", "SCOORD", _IMAGE_REGION, ContentSequence=[source], GraphicType="POINT")
     region.GraphicData = [float(v) for v in scoord_point(output, header).flatten()]
@@ -248,7 +244,7 @@ def _copy_patient_and_study(sr: Dataset, source: Dataset) -> None:
         return
     for tag in tags:
         if tag in source:
-            sr.add(source[tag])
+            sr.add(copy.deepcopy(source[tag]))  # not the source's element: changing one must not change both
 
 
 @lru_cache(maxsize=1)
@@ -269,45 +265,48 @@ def _is_image(sop_class_uid: str) -> bool:
         return False
 
 
-def _equipment(manufacturer: str, purpose: CodedConcept, description: str, **attributes: Any) -> Dataset:
-    item = Dataset()
-    item.Manufacturer = manufacturer
-    item.PurposeOfReferenceCodeSequence = [_code(purpose)]
-    for keyword, value in attributes.items():
-        if value is not None:
-            setattr(item, keyword, value)
-    item.ContributionDescription = description
-    return item
+def _acquisition_equipment(source: Dataset) -> Dataset | None:
+    """The first source image's acquisition equipment, as highdicom records it: only for an image that
+    names a manufacturer, and left out when a value it would copy is not valid (length, backslash)."""
+    manufacturer = source.get("Manufacturer")
+    if not manufacturer or not _is_image(str(source.SOPClassUID)):
+        return None
+    when = source.get("AcquisitionDateTime")
+    date, time = source.get("AcquisitionDate"), source.get("AcquisitionTime")
+    if when is None and isinstance(date, datetime.date) and isinstance(time, datetime.time):
+        when = datetime.datetime.combine(date, time)
+    try:
+        return ContributingEquipment(
+            manufacturer=str(manufacturer),
+            purpose_of_reference=_ACQUISITION_EQUIPMENT,
+            manufacturer_model_name=source.get("ManufacturerModelName"),
+            software_versions=source.get("SoftwareVersions"),
+            device_serial_number=source.get("DeviceSerialNumber"),
+            institution_name=source.get("InstitutionName"),
+            institutional_department_name=source.get("InstitutionalDepartmentName"),
+            institution_address=source.get("InstitutionAddress"),
+            station_name=source.get("StationName"),
+            contribution_datetime=when,
+            contribution_description="Acquisition equipment of the source image(s)",
+        )
+    except (ValueError, TypeError):
+        return None
 
 
 def _contributing_equipment(source: Dataset, now: datetime.datetime) -> list[Dataset]:
-    """The acquisition equipment of the first source image (when it names a manufacturer), and us."""
-    items = []
-    if _is_image(str(source.SOPClassUID)) and source.get("Manufacturer"):
-        when = source.get("AcquisitionDateTime")
-        date, time = source.get("AcquisitionDate"), source.get("AcquisitionTime")
-        if when is None and isinstance(date, datetime.date) and isinstance(time, datetime.time):
-            when = DT(datetime.datetime.combine(date, time))
-        attributes = {keyword: source.get(keyword) for keyword in _EQUIPMENT_KEYWORDS}
-        items.append(
-            _equipment(
-                str(source.Manufacturer),
-                _ACQUISITION_EQUIPMENT,
-                "Acquisition equipment of the source image(s)",
-                ContributionDateTime=when,
-                **attributes,
-            )
-        )
-    items.append(
-        _equipment(
-            codes.MANUFACTURER,
-            _PROCESSING_EQUIPMENT,
-            "Software that created this instance",
-            ManufacturerModelName="RadStream",
-            SoftwareVersions=_software_version(),
-            ContributionDateTime=DT(now),
-        )
-    )
+    """The acquisition equipment of the first source image (see above), and us."""
+    items: list[Dataset] = []
+    acquisition = _acquisition_equipment(source)
+    if acquisition is not None:
+        items.append(acquisition)
+    software = Dataset()
+    software.Manufacturer = codes.MANUFACTURER
+    software.PurposeOfReferenceCodeSequence = [_code(_PROCESSING_EQUIPMENT)]
+    software.ManufacturerModelName = "RadStream"
+    software.SoftwareVersions = _software_version()
+    software.ContributionDateTime = DT(now)
+    software.ContributionDescription = "Software that created this instance"
+    items.append(software)
     return items
 
 
@@ -383,7 +382,7 @@ def build_sr(
 
     sr = Dataset()
     charset = source.get("SpecificCharacterSet")
-    if charset is not None:
+    if charset:  # the source's own repertoire, which its copied names are in; an empty one is left out
         sr.SpecificCharacterSet = charset
     sr.SOPClassUID = Comprehensive3DSRStorage
     sr.SOPInstanceUID = str(sop_instance_uid or UID())
@@ -401,7 +400,7 @@ def build_sr(
     sr.Manufacturer = codes.MANUFACTURER
     sr.SeriesInstanceUID = str(series_instance_uid or UID())
     sr.SeriesNumber = series_number
-    sr.SeriesDescription = f"{first.model_name} {first.model_version} results"
+    sr.SeriesDescription = f"{first.model_name} {first.model_version} results"[:64]  # LO
     sr.StudyInstanceUID = str(source.StudyInstanceUID)
     _copy_patient_and_study(sr, source)
     sr.ContributingEquipmentSequence = _contributing_equipment(source, now)
