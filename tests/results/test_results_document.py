@@ -61,6 +61,15 @@ def test_document_describes_each_instance(study: Study) -> None:
         assert item.timings_ms == output.timings_ms
 
 
+def test_document_names_the_analysed_frame_of_a_multiframe_source(study: Study) -> None:
+    study.ct[0].NumberOfFrames = 4
+    document = build_result_document(study.headers, study.outputs, THRESHOLD)
+    frames = {item.sop_instance_uid: item.frame_number for item in document.instances}
+    assert frames[study.ct[0].SOPInstanceUID] == 3  # the middle of 4 frames (index 2), as preprocessing takes
+    assert [frames[h.SOPInstanceUID] for h in study.headers[1:]] == [None, None, None]  # single-frame images
+    assert '"frame_number":null' in document.model_dump_json()
+
+
 def test_document_summarises_the_study(study: Study) -> None:
     summary = _document(study).summary
     assert summary.instance_count == 4

@@ -12,6 +12,7 @@ from typing import Annotated, Literal, Self
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 from pydicom import Dataset
 
+from worker.inference.preprocess import analysed_frame
 from worker.inference.types import InstanceOutput
 from worker.results._sources import pair
 
@@ -39,6 +40,11 @@ class PixelLocation(_Frozen):
     column: float
 
 
+def _frame_number(header: Dataset) -> int | None:
+    frames, index = analysed_frame(header)
+    return index + 1 if frames > 1 else None
+
+
 class InstanceResult(_Frozen):
     """The model's result for one source SOP instance."""
 
@@ -51,6 +57,12 @@ class InstanceResult(_Frozen):
     threshold: Probability
     positive: bool
     peak: PixelLocation
+    frame_number: int | None = Field(
+        default=None,
+        ge=1,
+        description="the frame of a multi-frame source the model analysed (1-based; the middle one); "
+        "null for a single-frame image",
+    )
     timings_ms: dict[str, Annotated[float, Field(ge=0.0)]]
 
     @model_validator(mode="after")
@@ -189,6 +201,7 @@ def build_result_document(
             threshold=threshold,
             positive=item.output.probability >= threshold,
             peak=PixelLocation(row=item.output.peak_row, column=item.output.peak_col),
+            frame_number=_frame_number(item.header),
             timings_ms=dict(item.output.timings_ms),
         )
         for item in analysed
