@@ -87,6 +87,25 @@ def test_outputs_carry_each_source_header_byte_for_byte() -> None:
         output_codec.decode(older.getvalue())
 
 
+def test_outputs_of_a_large_study_are_read_once_per_array(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each array of the object is read (and inflated) once, not once per instance: reading them per
+    instance made StoreResults quadratic in the number of instances."""
+    reads: list[str] = []
+    original = np.lib.npyio.NpzFile.__getitem__
+
+    def counted(self: np.lib.npyio.NpzFile, key: str) -> np.ndarray:
+        reads.append(key)
+        return original(self, key)
+
+    monkeypatch.setattr(np.lib.npyio.NpzFile, "__getitem__", counted)
+    outputs = [_output(f"1.2.3.{i}", i / 300) for i in range(300)]
+    decoded = output_codec.decode(output_codec.encode(outputs, [f"header {i}".encode() for i in range(300)]))
+    assert [out.sop_instance_uid for out, _ in decoded] == [o.sop_instance_uid for o in outputs]
+    assert decoded[299][1] == b"header 299"
+    assert sorted(reads) == sorted(set(reads))  # every array exactly once
+    assert len(reads) == 9
+
+
 def test_prepared_object_holds_tensor_and_header() -> None:
     tensor = np.arange(2 * 3 * 4, dtype=np.float32).reshape(2, 3, 4)
     decoded_tensor, header = prepared_codec.decode(prepared_codec.encode(tensor, b"header\x00"))

@@ -43,23 +43,27 @@ def decode(data: bytes) -> list[tuple[InstanceOutput, bytes]]:
         with np.load(io.BytesIO(data), allow_pickle=False) as z:
             if "header_offsets" not in z.files:
                 raise ValueError("it has no source headers: written by an earlier release; send the study again")
-            raw, offsets = z["header_bytes"].tobytes(), z["header_offsets"]
-            return [
-                (
-                    InstanceOutput(
-                        sop_instance_uid=str(z["sop"][i]),
-                        model_name=str(z["model"][i][0]),
-                        model_version=str(z["model"][i][1]),
-                        probability=float(z["probability"][i]),
-                        label=str(z["label"][i]),
-                        heatmap=z["heatmap"][i].astype(np.float32),
-                        peak_row=float(z["peak"][i][0]),
-                        peak_col=float(z["peak"][i][1]),
-                        timings_ms={k: float(v) for k, v in json.loads(str(z["timings"][i])).items()},
-                    ),
-                    raw[int(offsets[i]) : int(offsets[i + 1])],
-                )
-                for i in range(len(z["sop"]))
-            ]
+            # each z[name] reads (and inflates) the array again: once per array, not once per instance
+            arrays = {name: z[name] for name in z.files}
+        raw, offsets = arrays["header_bytes"].tobytes(), arrays["header_offsets"]
+        sop, model, probability, label = arrays["sop"], arrays["model"], arrays["probability"], arrays["label"]
+        heatmap, peak, timings = arrays["heatmap"], arrays["peak"], arrays["timings"]
+        return [
+            (
+                InstanceOutput(
+                    sop_instance_uid=str(sop[i]),
+                    model_name=str(model[i][0]),
+                    model_version=str(model[i][1]),
+                    probability=float(probability[i]),
+                    label=str(label[i]),
+                    heatmap=heatmap[i].astype(np.float32),
+                    peak_row=float(peak[i][0]),
+                    peak_col=float(peak[i][1]),
+                    timings_ms={k: float(v) for k, v in json.loads(str(timings[i])).items()},
+                ),
+                raw[int(offsets[i]) : int(offsets[i + 1])],
+            )
+            for i in range(len(sop))
+        ]
     except (OSError, KeyError, IndexError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         raise ValueError(f"not an outputs object: {type(exc).__name__}: {exc}") from exc
