@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -38,11 +39,21 @@ def utcnow() -> datetime:
 
 @dataclass(frozen=True)
 class ReceivedWrite:
-    """What :meth:`StatusStore.record_received` changed: the row as it was before (None: there was none)
-    and the ``updated_at`` it wrote, so the write can be undone while nothing else changed the row."""
+    """What :meth:`StatusStore.record_received` changed: the row as it was before (None: there was none),
+    and the ``updated_at`` and writer token it wrote, so the write can be undone while nothing else
+    changed the row."""
 
     previous: dict[str, Any] | None
     updated_at: str
+    token: str
+
+    @property
+    def previous_state(self) -> str | None:
+        return None if self.previous is None else str(self.previous.get("status", {}).get("S"))
+
+    def without_previous(self) -> ReceivedWrite:
+        """The same write, undone by removing the row instead of restoring the one before."""
+        return ReceivedWrite(previous=None, updated_at=self.updated_at, token=self.token)
 
 
 class StatusStore:
@@ -54,33 +65,34 @@ class StatusStore:
 
     async def record_received(self, tenant: str, study: str) -> ReceivedWrite:
         """Mark the study ``received``. Instance and series counts come from the object store (the truth)."""
-        now = utcnow().isoformat()
+        now, token = utcnow().isoformat(), uuid.uuid4().hex
         try:
             response = await self._ddb.update_item(
                 TableName=self.table,
                 Key={"pk": {"S": tenant}, "sk": {"S": study}},
                 UpdateExpression=(
                     "SET #s = :received, created_at = if_not_exists(created_at, :now), updated_at = :now, "
-                    "stage_times_ms = if_not_exists(stage_times_ms, :empty)"
+                    "stage_times_ms = if_not_exists(stage_times_ms, :empty), received_by = :token"
                 ),
                 ExpressionAttributeNames={"#s": "status"},
                 ExpressionAttributeValues={
                     ":received": {"S": StudyState.RECEIVED.value},
                     ":now": {"S": now},
                     ":empty": {"M": {}},
+                    ":token": {"S": token},
                 },
                 ReturnValues="ALL_OLD",
             )
         except Exception as exc:
             raise translate(exc, "UpdateItem") from exc
-        return ReceivedWrite(previous=response.get("Attributes"), updated_at=now)
+        return ReceivedWrite(previous=response.get("Attributes"), updated_at=now, token=token)
 
     async def undo_received(self, tenant: str, study: str, write: ReceivedWrite) -> bool:
         """Put the row back as it was before ``write`` (remove it if there was none), unless something
         changed it since. True when undone."""
-        condition = {
-            "ConditionExpression": "updated_at = :ours",
-            "ExpressionAttributeValues": {":ours": {"S": write.updated_at}},
+        condition = {  # this write is still the latest: its token, and no stage has updated the row since
+            "ConditionExpression": "received_by = :token AND updated_at = :ours",
+            "ExpressionAttributeValues": {":token": {"S": write.token}, ":ours": {"S": write.updated_at}},
         }
         key = {"pk": {"S": tenant}, "sk": {"S": study}}
         try:

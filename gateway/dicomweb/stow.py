@@ -36,7 +36,7 @@ from radstream.dicom import (
 from radstream.errors import BadRequest, PayloadTooLarge, StorageUnavailable, UnsupportedMediaType
 from radstream.manifest import Manifest, ManifestInstance
 from radstream.settings import Settings
-from radstream.status import ReceivedWrite, StatusStore, utcnow
+from radstream.status import ReceivedWrite, StatusStore, StudyState, utcnow
 from radstream.storage import ObjectStore, PutOutcome, StorageError
 from radstream.telemetry import BufferedTelemetry, TelemetryEvent
 
@@ -319,17 +319,34 @@ class StowService:
                 outcome.manifest_key = key
         except (StorageUnavailable, StorageError) as exc:
             log.error("manifest for %d instances not written, rolling back: %s", len(created), exc)
-            await self._rollback(created)
-            for key in written:
-                await self._delete_quietly(key)
-            for study, row in rows:  # the study is as it was: not `received` for instances that are gone
-                await self._undo_quietly(tenant, study, row)
+            await self._undo_request(tenant, created, written, rows)
             raise StorageUnavailable(
                 "storage failed while recording the request; nothing was stored, retry later",
                 headers={"Retry-After": str(self._settings.storage_retry_after_s)},
             ) from exc
+        except BaseException:  # cancelled (shutdown) or a bug: the same clean-up, which cancelling cannot stop
+            await asyncio.shield(self._undo_request(tenant, created, written, rows))
+            raise
+
+    async def _undo_request(
+        self, tenant: str, created: list[StoredInstance], manifests: list[str], rows: list[tuple[str, ReceivedWrite]]
+    ) -> None:
+        await self._rollback(created)
+        for key in manifests:
+            await self._delete_quietly(key)
+        for study, row in rows:  # the study is as it was: not `received` for instances that are gone
+            await self._undo_quietly(tenant, study, row)
 
     async def _undo_quietly(self, tenant: str, study: str, row: ReceivedWrite) -> None:
+        if row.previous_state == StudyState.RECEIVED.value:
+            # The row before was another request's `received`; if that request failed too, restoring its
+            # row would leave a study without instances `received`. With no instance of the study stored,
+            # no row is the truth; with some, the other request's row stands.
+            try:
+                if not await self._images.list_keys(keys.study_prefix(tenant, study)):
+                    row = row.without_previous()
+            except Exception as exc:  # cannot tell: restore the row before, as written
+                log.warning("instances of %s not listed: %s", study, exc)
         try:
             if not await self._status.undo_received(tenant, study, row):
                 log.warning("status of %s changed since this request wrote it; left as it is", study)

@@ -6,6 +6,7 @@ between the instances and the manifest), since every other call must succeed for
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -16,7 +17,7 @@ from gateway.metrics import Metrics
 from radstream import aws, synthetic
 from radstream.errors import StorageUnavailable
 from radstream.settings import Settings
-from radstream.status import StatusStore, StudyState
+from radstream.status import ReceivedWrite, StatusStore, StudyState
 from radstream.storage import ObjectStore
 from radstream.telemetry import BufferedTelemetry, Telemetry
 from tests.gateway.stowhelp import CONTENT_TYPE, chunks, multipart
@@ -94,3 +95,83 @@ async def test_a_row_changed_since_is_left_alone(parts: dict[str, Any]) -> None:
     assert await status.undo_received(TENANT, study, write) is False
     row = await status.get(TENANT, study, instances=0, series=0)
     assert row is not None and row.status is StudyState.PROCESSING
+
+
+class _Gate(ObjectStore):
+    """Manifest writes that fail, each once its gate opens."""
+
+    def __init__(self, client: Any, bucket: str, gate: asyncio.Event) -> None:
+        super().__init__(client, bucket)
+        self.gate = gate
+
+    async def put_json(self, key: str, document: Any) -> None:
+        await self.gate.wait()
+        raise StorageUnavailable("storage unavailable during PutObject: EndpointConnectionError")
+
+
+class _Signalling(StatusStore):
+    def __init__(self, client: Any, table: str, written: asyncio.Event) -> None:
+        super().__init__(client, table)
+        self.written = written
+
+    async def record_received(self, tenant: str, study: str) -> ReceivedWrite:
+        write = await super().record_received(tenant, study)
+        self.written.set()
+        return write
+
+
+async def test_two_failed_requests_for_a_new_study_leave_no_row(settings: Settings) -> None:
+    """A writes `received`, B writes `received` over it, A undoes (B's write stands), B undoes: B's row
+    before was A's `received`, and with no instance of the study stored there must be no row at all."""
+    uids = synthetic.StudyUids.new()
+    a_written, b_written, a_done = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    session = aws.session(settings)
+    async with (
+        session.client("s3", **aws.client_kwargs(settings)) as s3,
+        session.client("dynamodb", **aws.client_kwargs(settings)) as ddb,
+        session.client("kinesis", **aws.client_kwargs(settings)) as kinesis,
+    ):
+        telemetry = BufferedTelemetry(Telemetry(kinesis, settings.telemetry_stream))
+        status_a = _Signalling(ddb, settings.status_table, a_written)
+        status_b = _Signalling(ddb, settings.status_table, b_written)
+        a = StowService(settings, _Gate(s3, settings.images_bucket, b_written), status_a, Metrics(), telemetry)
+        b = StowService(settings, _Gate(s3, settings.images_bucket, a_done), status_b, Metrics(), telemetry)
+
+        async def first() -> None:
+            try:
+                await _store(a, uids, 0)
+            finally:
+                a_done.set()
+
+        async def second() -> None:
+            await a_written.wait()  # B writes its row after A
+            await _store(b, uids, 2)
+
+        results = await asyncio.gather(first(), second(), return_exceptions=True)
+        assert all(isinstance(r, StorageUnavailable) for r in results), results
+        assert await StatusStore(ddb, settings.status_table).get(TENANT, uids.study, instances=0, series=0) is None
+        assert await ObjectStore(s3, settings.images_bucket).list_keys(f"instances/{TENANT}/{uids.study}/") == []
+
+
+class _ManifestsBreak(ObjectStore):
+    async def put_json(self, key: str, document: Any) -> None:
+        raise RuntimeError("unexpected failure while writing the manifest")
+
+
+async def test_any_other_failure_while_recording_cleans_up_the_same_way(
+    settings: Settings, parts: dict[str, Any]
+) -> None:
+    """Not only storage errors: whatever interrupts the manifest write (a bug, a cancellation at shutdown)
+    removes the instances and the status row this request created, then propagates."""
+    uids = synthetic.StudyUids.new()
+    breaking = StowService(
+        settings,
+        _ManifestsBreak(parts["images"]._s3, settings.images_bucket),
+        parts["status"],
+        Metrics(),
+        BufferedTelemetry(Telemetry(None, settings.telemetry_stream)),
+    )
+    with pytest.raises(RuntimeError, match="unexpected failure"):
+        await _store(breaking, uids, 0)
+    assert await parts["status"].get(TENANT, uids.study, instances=0, series=0) is None
+    assert await parts["images"].list_keys(f"instances/{TENANT}/{uids.study}/") == []
