@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import highdicom as hd
 from pydicom import Dataset
 
-from worker.inference.preprocess import analysed_frame
+from worker.inference.preprocess import analysed_frame_number
 from worker.inference.types import InstanceOutput
 from worker.results import codes
 from worker.results._sources import AnalysedInstance, pair
@@ -20,11 +20,11 @@ def _measurement_group(
     item: AnalysedInstance, index: int, threshold: float, algorithm: hd.sr.AlgorithmIdentification
 ) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
     header, output = item.header, item.output
-    frames, index = analysed_frame(header)
+    frame = analysed_frame_number(header)
     source = hd.sr.SourceImageForRegion(
         referenced_sop_class_uid=str(header.SOPClassUID),
         referenced_sop_instance_uid=str(header.SOPInstanceUID),
-        referenced_frame_numbers=[index + 1] if frames > 1 else None,
+        referenced_frame_numbers=None if frame is None else [frame],
     )
     present = output.probability >= threshold
     return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(

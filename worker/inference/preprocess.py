@@ -70,6 +70,12 @@ def analysed_frame(ds: Dataset) -> tuple[int, int]:
     return frames, frames // 2
 
 
+def analysed_frame_number(ds: Dataset) -> int | None:
+    """The 1-based number of the frame the model sees in a multi-frame image; None for a single frame."""
+    frames, index = analysed_frame(ds)
+    return index + 1 if frames > 1 else None
+
+
 def decode_frame(ds: Dataset, apply_rescale: bool = True) -> tuple[npt.NDArray[Any], int]:
     """Decode the middle frame as a 2D float64 array, after the modality LUT when ``apply_rescale``.
 

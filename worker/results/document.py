@@ -12,7 +12,7 @@ from typing import Annotated, Literal, Self
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 from pydicom import Dataset
 
-from worker.inference.preprocess import analysed_frame
+from worker.inference.preprocess import analysed_frame_number
 from worker.inference.types import InstanceOutput
 from worker.results._sources import pair
 
@@ -38,11 +38,6 @@ class PixelLocation(_Frozen):
 
     row: float
     column: float
-
-
-def _frame_number(header: Dataset) -> int | None:
-    frames, index = analysed_frame(header)
-    return index + 1 if frames > 1 else None
 
 
 class InstanceResult(_Frozen):
@@ -201,7 +196,7 @@ def build_result_document(
             threshold=threshold,
             positive=item.output.probability >= threshold,
             peak=PixelLocation(row=item.output.peak_row, column=item.output.peak_col),
-            frame_number=_frame_number(item.header),
+            frame_number=analysed_frame_number(item.header),
             timings_ms=dict(item.output.timings_ms),
         )
         for item in analysed

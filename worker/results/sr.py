@@ -32,7 +32,12 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 from highdicom import UID, ContributingEquipment
-from highdicom._standard_utils import get_iod_module_map, get_module_attribute_map, get_sop_class_iod_map
+from highdicom._standard_utils import (
+    does_iod_have_pixel_data,
+    get_iod_module_map,
+    get_module_attribute_map,
+    get_sop_class_iod_map,
+)
 from highdicom.sr import CodedConcept
 from pydicom import Dataset
 from pydicom.datadict import tag_for_keyword
@@ -45,10 +50,10 @@ from pydicom.uid import (
 )
 from pydicom.valuerep import DA, DS, DT, TM
 
-from worker.inference.preprocess import analysed_frame
+from worker.inference.preprocess import analysed_frame_number
 from worker.inference.types import InstanceOutput
 from worker.results import codes
-from worker.results._sources import AnalysedInstance, pair
+from worker.results._sources import TYPE2_PATIENT_AND_STUDY, AnalysedInstance, pair
 
 DEFAULT_SR_SERIES_NUMBER = 9001
 
@@ -168,9 +173,9 @@ def _measurement_group(item: AnalysedInstance, index: int, threshold: float) -> 
     image = Dataset()
     image.ReferencedSOPClassUID = str(header.SOPClassUID)
     image.ReferencedSOPInstanceUID = str(header.SOPInstanceUID)
-    frames, index = analysed_frame(header)
-    if frames > 1:  # the point is on the frame the model saw (Image Reference Macro, type 1C)
-        image.ReferencedFrameNumber = index + 1
+    frame = analysed_frame_number(header)
+    if frame is not None:  # the point is on the frame the model saw (Image Reference Macro, type 1C)
+        image.ReferencedFrameNumber = frame
     source = _item("SELECTED FROM", "IMAGE", _SOURCE, ReferencedSOPSequence=[image])
     region = _item("CONTAINS", "SCOORD", _IMAGE_REGION, ContentSequence=[source], GraphicType="POINT")
     region.GraphicData = [float(v) for v in scoord_point(output, header).flatten()]
@@ -229,15 +234,8 @@ def _patient_and_study_tags(sop_class_uid: str) -> tuple[int, ...]:
 
 
 def _copy_patient_and_study(sr: Dataset, source: Dataset) -> None:
-    sr.PatientID = source.get("PatientID")
-    sr.PatientName = source.get("PatientName")
-    sr.PatientBirthDate = source.get("PatientBirthDate")
-    sr.PatientSex = source.get("PatientSex")
-    sr.AccessionNumber = source.get("AccessionNumber")
-    sr.StudyID = source.get("StudyID")
-    sr.StudyDate = source.get("StudyDate")
-    sr.StudyTime = source.get("StudyTime")
-    sr.ReferringPhysicianName = source.get("ReferringPhysicianName")
+    for keyword in TYPE2_PATIENT_AND_STUDY:  # empty when the source lacks one
+        setattr(sr, keyword, source.get(keyword))
     try:
         tags = _patient_and_study_tags(str(source.SOPClassUID))
     except KeyError:  # a SOP class without an IOD in highdicom's tables: the attributes above only
@@ -257,8 +255,6 @@ def _software_version() -> str:
 
 @lru_cache(maxsize=64)
 def _is_image(sop_class_uid: str) -> bool:
-    from highdicom._standard_utils import does_iod_have_pixel_data
-
     try:
         return does_iod_have_pixel_data(sop_class_uid)
     except (KeyError, ValueError):
