@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import io
 import json
-import zipfile
 
 import numpy as np
 
 from worker.inference.types import InstanceOutput
+from worker.pipeline.npz import MALFORMED, read_arrays
 
 
 def encode(outputs: list[InstanceOutput], headers: list[bytes]) -> bytes:
@@ -40,11 +40,9 @@ def encode(outputs: list[InstanceOutput], headers: list[bytes]) -> bytes:
 def decode(data: bytes) -> list[tuple[InstanceOutput, bytes]]:
     """(output, source header bytes) per instance; ValueError if ``data`` is not an outputs object."""
     try:
-        with np.load(io.BytesIO(data), allow_pickle=False) as z:
-            if "header_offsets" not in z.files:
-                raise ValueError("it has no source headers: written by an earlier release; send the study again")
-            # each z[name] reads (and inflates) the array again: once per array, not once per instance
-            arrays = {name: z[name] for name in z.files}
+        arrays = read_arrays(data)
+        if "header_offsets" not in arrays:
+            raise ValueError("it has no source headers: written by an earlier release; send the study again")
         raw, offsets = arrays["header_bytes"].tobytes(), arrays["header_offsets"]
         sop, model, probability, label = arrays["sop"], arrays["model"], arrays["probability"], arrays["label"]
         heatmap, peak, timings = arrays["heatmap"], arrays["peak"], arrays["timings"]
@@ -65,5 +63,5 @@ def decode(data: bytes) -> list[tuple[InstanceOutput, bytes]]:
             )
             for i in range(len(sop))
         ]
-    except (OSError, KeyError, IndexError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+    except MALFORMED as exc:
         raise ValueError(f"not an outputs object: {type(exc).__name__}: {exc}") from exc

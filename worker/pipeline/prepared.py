@@ -5,10 +5,11 @@ outputs object, so StoreResults reads one object per execution instead of one pe
 from __future__ import annotations
 
 import io
-import zipfile
 
 import numpy as np
 import numpy.typing as npt
+
+from worker.pipeline.npz import MALFORMED, read_arrays
 
 
 def encode(tensor: npt.NDArray[np.float32], header: bytes) -> bytes:
@@ -20,7 +21,7 @@ def encode(tensor: npt.NDArray[np.float32], header: bytes) -> bytes:
 def decode(data: bytes) -> tuple[npt.NDArray[np.float32], bytes]:
     """(tensor, header bytes); ValueError if ``data`` is not a prepared instance."""
     try:
-        with np.load(io.BytesIO(data), allow_pickle=False) as z:
-            return z["tensor"].astype(np.float32, copy=False), z["header"].tobytes()
-    except (OSError, KeyError, IndexError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        arrays = read_arrays(data)
+        return arrays["tensor"].astype(np.float32, copy=False), arrays["header"].tobytes()
+    except MALFORMED as exc:
         raise ValueError(f"not a prepared instance: {type(exc).__name__}: {exc}") from exc
