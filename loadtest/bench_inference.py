@@ -23,7 +23,6 @@ import argparse
 import asyncio
 import dataclasses
 import json
-import os
 import platform
 import statistics
 import tempfile
@@ -40,6 +39,7 @@ import onnxruntime as ort
 from infra.local.processes import free_port
 from infra.local.supervisor import ChildFailed, Supervisor
 from infra.local.triton import triton_process_spec
+from loadtest import cpus
 from radstream.settings import PROJECT_ROOT, Settings
 from worker.inference.batcher import Batcher
 from worker.inference.client import TritonClient
@@ -173,7 +173,7 @@ def run(quick: bool = False, triton_url: str | None = None) -> dict[str, Any]:
         "model": f"{spec.name}:{spec.version}",
         "seconds_per_measurement": seconds,
         "rounds": len(rounds),
-        "cpus": os.cpu_count(),
+        "cpus": cpus.available(),
         "machine": platform.processor() or platform.machine(),
         "in_process_images_per_s": {
             b: _median([r["in_process_images_per_s"][b] for r in rounds]) for b in rounds[0]["in_process_images_per_s"]

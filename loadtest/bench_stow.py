@@ -51,6 +51,7 @@ from infra.local.emulator import emulator_process_spec
 from infra.local.provision import provision
 from infra.local.stack import child_env, gateway_process_spec, isolated_settings
 from infra.local.supervisor import Supervisor
+from loadtest import cpus
 from loadtest.orthanc import NETNS, OrthancUnavailable, orthanc_process
 from radstream import aws
 from radstream.settings import PROJECT_ROOT, Settings
@@ -404,7 +405,7 @@ def run(quick: bool = False, profile_gateway: Path | None = None, pipeline: bool
         "batch_instances": BATCH_INSTANCES,
         "concurrency": CONCURRENCY,
         "repeats": repeats,
-        "cpus": os.cpu_count(),
+        "cpus": cpus.available(),
         "profiled": profile_gateway is not None,
         "pipeline_trigger": pipeline,
         "load_average_before": os.getloadavg()[0],
@@ -472,6 +473,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
     parser.add_argument("--profile-gateway", type=Path, default=None, help="write a cProfile of the gateway here")
     parser.add_argument("--with-pipeline", action="store_true", help="leave the emulator's pipeline trigger on")
+    parser.add_argument(
+        "--cpus", type=int, default=None, help="run everything (client and servers) on the first N allowed CPUs"
+    )
     parser.add_argument("--orthanc-client", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
     parser.add_argument("--server-pid", type=int, help=argparse.SUPPRESS)
@@ -482,6 +486,8 @@ def main(argv: list[str] | None = None) -> None:
         figures = orthanc_client(args.url, args.server_pid, args.instances, args.repeats)
         args.out.write_text(json.dumps(figures))
         return
+    if args.cpus is not None:
+        cpus.pin(args.cpus)
     result = run(args.quick, args.profile_gateway, args.with_pipeline)
     print(markdown(result))
     if args.out is not None:

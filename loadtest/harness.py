@@ -32,7 +32,7 @@ from typing import Any
 
 from infra.local.supervisor import Supervisor
 from infra.local.triton import triton_process_spec
-from loadtest import bench_memory, plots
+from loadtest import bench_memory, cpus, plots
 from radstream.settings import Settings
 
 SECTIONS = ("inference", "stow", "pipeline", "memory")
@@ -64,7 +64,7 @@ def machine() -> dict[str, Any]:
     mem_kb = _proc_field("/proc/meminfo", "MemTotal")
     return {
         "cpu_model": _proc_field("/proc/cpuinfo", "model name") or platform.processor() or platform.machine(),
-        "cpus": os.cpu_count(),
+        "cpus": cpus.available(),
         "ram_gib": round(int(mem_kb.split()[0]) / 1024**2, 1) if mem_kb else None,
         "python": platform.python_version(),
         "platform": platform.platform(),

@@ -19,6 +19,22 @@ class ChildFailed(RuntimeError):
     pass
 
 
+LOG_TAIL_LINES = 20
+
+
+def _log_tail(spec: ProcessSpec) -> str:
+    """The end of a child's log, for the error that says it failed (its output went to the file, not here)."""
+    if spec.log_path is None:
+        return ""
+    try:
+        lines = spec.log_path.read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:]
+    except OSError:
+        return ""
+    if not lines:
+        return f" ({spec.log_path} is empty)"
+    return f"; the end of {spec.log_path}:\n" + "\n".join(lines)
+
+
 class Supervisor:
     """Owns the children it started; ``stop`` ends them newest first (SIGTERM, then SIGKILL)."""
 
@@ -41,9 +57,11 @@ class Supervisor:
             deadline = time.monotonic() + spec.ready_timeout_s
             while not spec.ready():
                 if proc.poll() is not None:
-                    raise ChildFailed(f"{spec.name} exited with code {proc.returncode} before it was ready")
+                    raise ChildFailed(
+                        f"{spec.name} exited with code {proc.returncode} before it was ready{_log_tail(spec)}"
+                    )
                 if time.monotonic() > deadline:
-                    raise ChildFailed(f"{spec.name} was not ready within {spec.ready_timeout_s:.0f} s")
+                    raise ChildFailed(f"{spec.name} was not ready within {spec.ready_timeout_s:.0f} s{_log_tail(spec)}")
                 time.sleep(0.1)
         log.info("%s ready (pid %d)", spec.name, proc.pid)
         return proc

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+from pydantic import ValidationError
+
 from tests.inference.conftest import MODEL_REPOSITORY
-from worker.inference.spec import ModelSpec
+from worker.inference.spec import ModelSpec, Serving
 from worker.inference.tritonconfig import (
     PYTHON_BACKEND_MODEL,
     build_local_repository,
@@ -23,7 +26,7 @@ def test_production_config_content(spec: ModelSpec) -> None:
     text = production_config(spec)
     assert 'backend: "onnxruntime"' in text
     assert "kind: KIND_GPU" in text
-    assert f"max_batch_size: {spec.serving.max_batch_size}" in text
+    assert f"max_batch_size: {spec.serving.production_max_batch_size}" in text
     assert f"max_queue_delay_microseconds: {spec.serving.max_queue_delay_microseconds}" in text
     assert 'name: "image"' in text
     assert "dims: [ 1, 128, 128 ]" in text
@@ -60,3 +63,36 @@ def test_build_local_repository(tmp_path: Path, spec: ModelSpec) -> None:
 
 def test_onnx_file_is_small(spec: ModelSpec) -> None:
     assert spec.model_path(MODEL_REPOSITORY).stat().st_size < 5 * 1024 * 1024
+
+
+def _limit_and_preferred(text: str) -> tuple[str, str]:
+    lines = text.splitlines()
+    limit = next(line for line in lines if line.startswith("max_batch_size:"))
+    preferred = next(line.strip() for line in lines if "preferred_batch_size" in line)
+    return limit, preferred
+
+
+def test_gpu_servers_batch_further_than_workers_do(spec: ModelSpec) -> None:
+    # The GPU config lets Triton merge several workers' batches; the CPU config and the workers stop at 32.
+    serving = spec.serving.model_copy(
+        update={"max_batch_size": 32, "gpu_max_batch_size": 128, "preferred_batch_sizes": (8, 16, 32, 64, 128)}
+    )
+    custom = spec.model_copy(update={"serving": serving})
+    assert _limit_and_preferred(production_config(custom)) == (
+        "max_batch_size: 128",
+        "preferred_batch_size: [ 8, 16, 32, 64, 128 ]",
+    )
+    assert _limit_and_preferred(local_config(custom)) == ("max_batch_size: 32", "preferred_batch_size: [ 8, 16, 32 ]")
+
+
+def test_without_a_gpu_limit_both_configs_share_one(spec: ModelSpec) -> None:
+    serving = Serving(max_batch_size=16, preferred_batch_sizes=(4, 16, 32))
+    custom = spec.model_copy(update={"serving": serving})
+    assert serving.production_max_batch_size == 16
+    for text in (production_config(custom), local_config(custom)):
+        assert _limit_and_preferred(text) == ("max_batch_size: 16", "preferred_batch_size: [ 4, 16 ]")
+
+
+def test_a_gpu_limit_below_the_workers_batches_is_refused() -> None:
+    with pytest.raises(ValidationError, match="gpu_max_batch_size 16 is below max_batch_size 32"):
+        Serving(max_batch_size=32, gpu_max_batch_size=16)

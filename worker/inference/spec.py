@@ -77,13 +77,34 @@ class Outputs(_Frozen):
 
 
 class Serving(_Frozen):
-    """Triton scheduling knobs shared by the production and local configs."""
+    """Triton scheduling knobs of the production (GPU) and local (CPU) configs.
+
+    ``max_batch_size`` is what every server of the model accepts: the local config's limit and the largest
+    batch a worker sends. ``gpu_max_batch_size`` (default: the same) is the production config's limit, up
+    to which Triton's dynamic batcher merges the requests of many workers; a GPU's cost per image keeps
+    falling well past the batch one worker forms (``loadtest/bench_gpu.py``), a CPU's does not.
+    ``preferred_batch_sizes`` larger than a config's limit are left out of that config.
+    """
 
     max_batch_size: int = Field(32, ge=1)
+    gpu_max_batch_size: int | None = Field(None, ge=1)
     preferred_batch_sizes: tuple[int, ...] = ()
     max_queue_delay_microseconds: int = Field(2000, ge=0)
     gpu_instance_count: int = Field(1, ge=1)
     cpu_instance_count: int = Field(1, ge=1)
+
+    @model_validator(mode="after")
+    def _gpu_limit_covers_worker_batches(self) -> Serving:
+        if self.gpu_max_batch_size is not None and self.gpu_max_batch_size < self.max_batch_size:
+            raise ValueError(
+                f"gpu_max_batch_size {self.gpu_max_batch_size} is below max_batch_size {self.max_batch_size}: "
+                "the production server would refuse the batches workers send"
+            )
+        return self
+
+    @property
+    def production_max_batch_size(self) -> int:
+        return self.gpu_max_batch_size or self.max_batch_size
 
 
 class ModelSpec(_Frozen):

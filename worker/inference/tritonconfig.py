@@ -52,15 +52,16 @@ def render_config(spec: ModelSpec, target: Target) -> str:
         ]
     else:
         lines += ['backend: "python"']
+    limit = serving.production_max_batch_size if target == "production" else serving.max_batch_size
     lines += [
-        f"max_batch_size: {serving.max_batch_size}",
+        f"max_batch_size: {limit}",
         "version_policy: { specific: { versions: [ " + spec.version + " ] } }",
         "input [\n" + _tensor(spec.input) + "\n]",
         "output [\n" + ",\n".join(_tensor(t) for t in outputs) + "\n]",
     ]
     dynamic = ["dynamic_batching {"]
     if serving.preferred_batch_sizes:
-        sizes = ", ".join(str(s) for s in serving.preferred_batch_sizes if s <= serving.max_batch_size)
+        sizes = ", ".join(str(s) for s in serving.preferred_batch_sizes if s <= limit)
         dynamic.append(f"  preferred_batch_size: [ {sizes} ]")
     dynamic += [f"  max_queue_delay_microseconds: {serving.max_queue_delay_microseconds}", "}"]
     lines.append("\n".join(dynamic))
