@@ -179,6 +179,9 @@ def infer(
 def bench(
     quick: Annotated[bool, typer.Option("--quick", help="shorter measurements, smaller requests")] = False,
     out: Annotated[Path, typer.Option(help="folder for report.md, results.json and the PNGs")] = Path("bench-out"),
+    cpus: Annotated[
+        int | None, typer.Option(help="run everything (load generators and servers) on the first N allowed CPUs")
+    ] = None,
 ) -> None:
     """Benchmark everything against its reference in one run; writes a report, JSON and plots to --out."""
     import importlib
@@ -193,6 +196,12 @@ def bench(
     if str(PROJECT_ROOT) not in sys.path:
         sys.path.insert(0, str(PROJECT_ROOT))
     harness = importlib.import_module("loadtest.harness")
+    if cpus is not None:
+        try:
+            importlib.import_module("loadtest.cpus").pin(cpus)
+        except ValueError as exc:
+            console.print(f"[red]{exc}[/]")
+            raise typer.Exit(2) from exc
 
     command = "radstream " + " ".join(shlex.quote(arg) for arg in sys.argv[1:])
     result: dict[str, Any] = harness.run_bench(out, quick=quick, command=command)

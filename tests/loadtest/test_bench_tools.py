@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -55,3 +56,17 @@ def test_pin_narrows_this_process_and_its_children_to_the_first_cpus() -> None:
 def test_pin_refuses_counts_this_process_cannot_have(count: int) -> None:
     with pytest.raises(ValueError, match=f"--cpus {count}: this process may use"):
         cpus.pin(count)
+
+
+def test_radstream_bench_refuses_more_cpus_than_it_may_use_before_measuring(tmp_path: Path) -> None:
+    too_many = len(os.sched_getaffinity(0)) + 1
+    done = subprocess.run(
+        [sys.executable, "-m", "radstream.cli", "bench", "--cpus", str(too_many), "--out", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        cwd=PROJECT_ROOT,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert f"--cpus {too_many}: this process may use" in done.stdout + done.stderr
+    assert not (tmp_path / "out").exists()
