@@ -3,6 +3,8 @@
 Images bucket:
     instances/{tenant}/{study}/{series}/{sop}.dcm      one object per SOP instance
     manifests/{tenant}/{study}/{request_id}.json        one per STOW request that stored something new
+                                                        (instances created carry the request id in their
+                                                        metadata, ``request-id``)
     work/{tenant}/{study}/{sop}.prepared.npz            model-ready tensor and pixel-free header
     work/{tenant}/{study}/outputs/{request_id}.npz        raw outputs of one execution, with the headers
 Results bucket:
@@ -12,10 +14,13 @@ Results bucket:
 from __future__ import annotations
 
 import re
+import time
+import uuid
 
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 _TENANT = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 MANIFEST_PREFIX = "manifests/"
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9-]{1,64}$")
 
 
 def is_uid(value: str) -> bool:
@@ -44,6 +49,20 @@ def study_prefix(tenant: str, study: str) -> str:
 def manifest_key(tenant: str, study: str, request_id: str) -> str:
     _check(tenant, study)
     return f"{MANIFEST_PREFIX}{tenant}/{study}/{request_id}.json"
+
+
+def study_manifest_prefix(tenant: str, study: str) -> str:
+    _check(tenant, study)
+    return f"{MANIFEST_PREFIX}{tenant}/{study}/"
+
+
+def new_request_id() -> str:
+    """A STOW request's id: its manifests' names and, in each instance object it creates, who created it."""
+    return f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:12]}"
+
+
+def is_request_id(value: str) -> bool:
+    return bool(_REQUEST_ID.match(value))
 
 
 def parse_manifest_key(key: str) -> tuple[str, str, str]:

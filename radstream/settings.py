@@ -64,6 +64,9 @@ class Settings(BaseSettings):
     batcher_max_wait_s: float = 0.002
     batcher_max_in_flight: int = 2
     worker_max_messages: int = 32
+    worker_images_in_flight: int = Field(
+        64, ge=1, description="images of one message fetched, decoded or at the batcher at once (bounds memory)"
+    )
     worker_poll_wait_s: int = Field(2, ge=0, le=20)
     worker_visibility_timeout_s: int = 60
     worker_max_attempts: int = Field(3, description="receives of one message before the study fails")

@@ -8,9 +8,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from botocore.exceptions import ClientError
 from pydantic import BaseModel, Field
 
-from radstream.storage import translate
+from radstream.errors import StorageUnavailable
+from radstream.storage import translate as translate_storage_error
+
+# DynamoDB's throttling answers are 400s, but what they say is "retry later", as a 503 does.
+THROTTLING_CODES = frozenset({"ProvisionedThroughputExceededException", "ThrottlingException", "RequestLimitExceeded"})
 
 
 class StudyState(enum.StrEnum):
@@ -31,6 +36,14 @@ class StudyStatus(BaseModel):
     result_location: str | None = None
     failure_reason: str | None = None
     model: str | None = None
+
+
+def translate(exc: Exception, what: str) -> Exception:
+    """A status table error as StorageUnavailable (retry later: the table did not answer, or throttled the
+    request once the SDK's own retries were spent) or StorageError (do not retry)."""
+    if isinstance(exc, ClientError) and exc.response.get("Error", {}).get("Code") in THROTTLING_CODES:
+        return StorageUnavailable(f"storage unavailable during {what}: throttled ({exc.response['Error']['Code']})")
+    return translate_storage_error(exc, what)
 
 
 def utcnow() -> datetime:
@@ -63,9 +76,13 @@ class StatusStore:
         self._ddb = client
         self.table = table
 
-    async def record_received(self, tenant: str, study: str) -> ReceivedWrite:
-        """Mark the study ``received``. Instance and series counts come from the object store (the truth)."""
-        now, token = utcnow().isoformat(), uuid.uuid4().hex
+    async def record_received(self, tenant: str, study: str, token: str | None = None) -> ReceivedWrite:
+        """Mark the study ``received``. Instance and series counts come from the object store (the truth).
+
+        ``token`` names the writer (the STOW request's id; random when not given), so that the write can
+        be undone only while it is still the latest.
+        """
+        now, token = utcnow().isoformat(), token or uuid.uuid4().hex
         try:
             response = await self._ddb.update_item(
                 TableName=self.table,

@@ -2,6 +2,7 @@
 
 ``put_once`` uses a conditional write (``If-None-Match: *``), so two writers can never replace an object
 and the answer always says what is in the bucket now: created, identical (same SHA-256), or conflict.
+An object it creates names the request that created it (metadata ``request-id``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionEr
 from radstream.errors import NotFound, StorageUnavailable
 
 SHA256_METADATA_KEY = "sha256"
+REQUEST_METADATA_KEY = "request-id"
 _UNAVAILABLE_CODES = frozenset({"ServiceUnavailable", "SlowDown", "InternalError", "RequestTimeout", "503"})
 
 
@@ -36,6 +38,13 @@ class StoredObject:
     size: int
     sha256: str | None
     content_type: str | None
+    request_id: str | None = None  # the STOW request that created it (absent on objects written before)
+
+
+@dataclass(frozen=True)
+class PutResult:
+    outcome: PutOutcome
+    existing: StoredObject | None = None  # what was there already (IDENTICAL, CONFLICT)
 
 
 def _is_unavailable(exc: Exception) -> bool:
@@ -69,9 +78,24 @@ class ObjectStore:
         return {"ServerSideEncryption": "AES256"}
 
     async def put_once(
-        self, key: str, body: IO[bytes] | bytes, *, sha256: str, size: int, content_type: str
-    ) -> PutOutcome:
-        """Write ``body`` under ``key`` unless an object is there already; never overwrite."""
+        self,
+        key: str,
+        body: IO[bytes] | bytes,
+        *,
+        sha256: str,
+        size: int,
+        content_type: str,
+        request_id: str | None = None,
+    ) -> PutResult:
+        """Write ``body`` under ``key`` unless an object is there already; never overwrite.
+
+        S3 answers 412 when the object exists (compared by SHA-256: identical or conflict) and 409 when
+        another conditional write of the key is in progress: that one is StorageUnavailable (retry later),
+        as is an object that disappears between the refused write and the look at it.
+        """
+        metadata = {SHA256_METADATA_KEY: sha256}
+        if request_id is not None:
+            metadata[REQUEST_METADATA_KEY] = request_id
         try:
             await self._s3.put_object(
                 Bucket=self.bucket,
@@ -79,20 +103,25 @@ class ObjectStore:
                 Body=body,
                 ContentLength=size,
                 ContentType=content_type,
-                Metadata={SHA256_METADATA_KEY: sha256},
+                Metadata=metadata,
                 ChecksumSHA256=base64.b64encode(bytes.fromhex(sha256)).decode(),
                 IfNoneMatch="*",
                 **self._encryption(),
             )
-            return PutOutcome.CREATED
+            return PutResult(PutOutcome.CREATED)
         except ClientError as exc:
             status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-            if status not in (409, 412):  # 412: exists; 409: a concurrent conditional write won
+            if status == 409:
+                raise StorageUnavailable(f"another write of {key} is in progress; retry later") from exc
+            if status != 412:
                 raise translate(exc, "PutObject") from exc
         except Exception as exc:
             raise translate(exc, "PutObject") from exc
-        existing = await self.head(key)
-        return PutOutcome.IDENTICAL if existing.sha256 == sha256 else PutOutcome.CONFLICT
+        try:
+            existing = await self.head(key)
+        except NotFound as exc:
+            raise StorageUnavailable(f"{key} changed while it was written; retry later") from exc
+        return PutResult(PutOutcome.IDENTICAL if existing.sha256 == sha256 else PutOutcome.CONFLICT, existing)
 
     async def put_json(self, key: str, document: Any) -> None:
         body = json.dumps(document, separators=(",", ":"), sort_keys=True).encode()
@@ -115,15 +144,31 @@ class ObjectStore:
             raise translate(exc, "HeadObject") from exc
         except Exception as exc:
             raise translate(exc, "HeadObject") from exc
+        metadata = meta.get("Metadata", {})
         return StoredObject(
             size=int(meta["ContentLength"]),
-            sha256=meta.get("Metadata", {}).get(SHA256_METADATA_KEY),
+            sha256=metadata.get(SHA256_METADATA_KEY),
             content_type=meta.get("ContentType"),
+            request_id=metadata.get(REQUEST_METADATA_KEY),
         )
 
     async def get_bytes(self, key: str) -> bytes:
         _, chunks = await self.open_stream(key)
         return b"".join([chunk async for chunk in chunks])
+
+    async def read_prefix(self, key: str, nbytes: int) -> bytes:
+        """The first ``nbytes`` of ``key`` (a ranged GET); NotFound when missing."""
+        try:
+            response = await self._s3.get_object(Bucket=self.bucket, Key=key, Range=f"bytes=0-{nbytes - 1}")
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                raise NotFound(f"object {key} not found") from exc
+            raise translate(exc, "GetObject") from exc
+        except Exception as exc:
+            raise translate(exc, "GetObject") from exc
+        async with response["Body"] as body:
+            data: bytes = await body.read()
+        return data
 
     async def open_stream(self, key: str, chunk_bytes: int = 256 * 1024) -> tuple[int, AsyncIterator[bytes]]:
         """(size, iterator over the body) of ``key``; NotFound when missing. The body is not buffered."""

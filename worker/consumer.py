@@ -2,12 +2,22 @@
 state machine with the task token.
 
 * Backpressure: at most ``worker_max_messages`` messages are held; it receives only when a slot is free.
-* While it works on a message it extends the message's visibility and heartbeats the task token.
+  Within one message at most ``worker_images_in_flight`` images are fetched, decoded or at the batcher at
+  once, so a study of thousands of images holds a bounded number of tensors and S3 requests.
+* The first image that fails cancels the others of its message: nothing of a message runs on after it was
+  answered.
+* While it works on a message it extends the message's visibility and heartbeats the task token (each on
+  its own: one failing does not skip the other). A heartbeat answered TaskTimedOut means the execution no
+  longer waits: the work is cancelled and the message deleted.
 * It deletes a message only after SendTaskSuccess/SendTaskFailure went through; a worker killed while
-  holding one leaves it to reappear after the visibility timeout, for another worker to finish.
+  holding one leaves it to reappear after the visibility timeout, for another worker to finish. A delete
+  that fails is only logged: the task is closed, so the redelivered message is deleted after one heartbeat
+  (answered TaskTimedOut/InvalidToken), without inferring again.
 * Triton unavailable: the message is left for redelivery (short visibility); after ``worker_max_attempts``
   receives the study fails with ``InferenceUnavailable`` instead of waiting forever. A message that cannot
   be parsed at all goes to the DLQ through the queue's redrive policy.
+* Any other error, expected or not, fails the study with ``InferenceFailed`` and its reason (unexpected
+  ones are logged with the traceback), instead of leaving the execution to its heartbeat timeout.
 * SIGTERM: stop receiving, finish what is held, exit.
 """
 
@@ -15,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import json
 import logging
 import statistics
@@ -32,18 +43,33 @@ from worker.inference.client import InferenceTimeout, ModelNotReady, TritonError
 from worker.inference.preprocess import PreparedImage
 from worker.inference.service import to_instance_output
 from worker.inference.spec import ModelSpec
+from worker.inference.types import InstanceOutput
 from worker.pipeline import outputs as output_codec
 from worker.pipeline import prepared as prepared_codec
 
 log = logging.getLogger("radstream.worker")
 
 UNAVAILABLE = (TritonUnavailable, InferenceTimeout, ModelNotReady, StorageUnavailable)
+# What Step Functions answers for a token whose task is closed (timed out, answered, execution stopped).
+CLOSED_TASK_CODES = frozenset({"TaskTimedOut", "TaskDoesNotExist", "InvalidToken"})
 RETRY_VISIBILITY_S = 5
 SQS_MAX_BATCH = 10
 
 
 class InvalidMessage(ValueError):
     pass
+
+
+class TaskClosed(Exception):
+    """The state machine closed the task while the worker was on it; the argument is the error code."""
+
+
+class Answer(enum.Enum):
+    """What became of an answer to the state machine."""
+
+    ACCEPTED = "accepted"  # the task took it; the message is deleted
+    CLOSED = "closed"  # the task was closed already (timed out, answered before); the message is deleted
+    NOT_SENT = "not_sent"  # it did not go through; the message is left for redelivery
 
 
 @dataclass(frozen=True)
@@ -77,6 +103,23 @@ def token_of(body: str) -> str | None:
         token = json.loads(body).get("task_token")
         return str(token) if token else None
     return None
+
+
+def error_code(exc: BaseException) -> str:
+    """The AWS error code of a botocore ClientError; empty for anything else."""
+    response = getattr(exc, "response", None)
+    return str(response.get("Error", {}).get("Code", "")) if isinstance(response, dict) else ""
+
+
+def describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+def first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The error that failed a TaskGroup (the first one raised; the others are siblings it cancelled or
+    failures at the same moment)."""
+    error = group.exceptions[0]
+    return first_error(error) if isinstance(error, BaseExceptionGroup) else error
 
 
 class InferenceWorker:
@@ -143,6 +186,18 @@ class InferenceWorker:
             await asyncio.gather(*self._held, return_exceptions=True)
 
     async def _handle(self, message: dict[str, Any]) -> None:
+        """Handle one message. Never raises: an exception escaping a held task would leave the task
+        unanswered (the execution waiting for its heartbeat timeout) and the message going round until
+        the dead-letter queue, with the reason only in asyncio's "never retrieved" log line."""
+        try:
+            await self._process(message)
+        except Exception as exc:
+            log.exception("unexpected %s while handling a message", type(exc).__name__)
+            token, receipt = token_of(str(message.get("Body", ""))), message.get("ReceiptHandle")
+            if token is not None and receipt is not None:
+                await self._finish(str(receipt), token, error=("InferenceFailed", describe(exc)))
+
+    async def _process(self, message: dict[str, Any]) -> None:
         received = time.time()
         attributes = message.get("Attributes", {})
         receives = int(attributes.get("ApproximateReceiveCount", "1"))
@@ -162,13 +217,21 @@ class InferenceWorker:
                 return
             await self._finish(receipt, token, error=("InferenceFailed", str(exc)))
             return
-        keepalive = asyncio.create_task(self._keepalive(receipt, job.token))
+        if receives > 1 and (closed := await self._closed(job.token)):
+            # answered before and the delete failed, or the execution gave up: nothing left to do
+            log.info("study %s: task already closed (%s); dropping the redelivered message", job.study, closed)
+            await self._delete(receipt)
+            return
         started = time.perf_counter()
         try:
-            batch_sizes = await self._infer(job)
+            batch_sizes = await self._infer_while_alive(job, receipt)
+        except TaskClosed as exc:
+            log.warning("study %s: the task was closed (%s); work stopped, message deleted", job.study, exc)
+            await self._delete(receipt)
+            return
         except UNAVAILABLE as exc:
             if receives >= self.settings.worker_max_attempts:
-                reason = f"Triton unavailable after {receives} attempts: {type(exc).__name__}: {exc}"
+                reason = f"Triton unavailable after {receives} attempts: {describe(exc)}"
                 await self._finish(receipt, job.token, error=("InferenceUnavailable", reason), job=job)
             else:
                 log.warning("study %s: %s; will retry (attempt %d)", job.study, type(exc).__name__, receives)
@@ -178,58 +241,112 @@ class InferenceWorker:
                     )
             return
         except (TritonError, NotFound, ValueError, KeyError) as exc:
-            await self._finish(receipt, job.token, error=("InferenceFailed", f"{type(exc).__name__}: {exc}"), job=job)
+            await self._finish(receipt, job.token, error=("InferenceFailed", describe(exc)), job=job)
             return
-        finally:
-            keepalive.cancel()
+        except Exception as exc:  # a bug or a failure nobody foresaw: the study still learns why
+            log.exception("study %s: unexpected %s during inference", job.study, type(exc).__name__)
+            await self._finish(receipt, job.token, error=("InferenceFailed", describe(exc)), job=job)
+            return
         duration_ms = (time.perf_counter() - started) * 1e3
         output = {"outputs_key": keys.outputs_key(job.tenant, job.study, job.request_id), "images": len(job.images)}
-        if await self._finish(receipt, job.token, output=output, job=job):
+        answer, code = await self._finish(receipt, job.token, output=output, job=job)
+        if answer is Answer.NOT_SENT:
+            return
+        if answer is Answer.ACCEPTED:
             self.completed += 1
-            self.telemetry.emit(
-                TelemetryEvent(
-                    stage="inference",
-                    tenant=job.tenant,
-                    study_uid=job.study,
-                    duration_ms=duration_ms,
-                    queue_wait_ms=queue_wait_ms,
-                    batch_size=int(statistics.median(batch_sizes)) if batch_sizes else None,
-                    model=job.model,
-                    instances=len(job.images),
-                )
+        self.telemetry.emit(
+            TelemetryEvent(
+                stage="inference",
+                tenant=job.tenant,
+                study_uid=job.study,
+                duration_ms=duration_ms,
+                queue_wait_ms=queue_wait_ms,
+                batch_size=int(statistics.median(batch_sizes)) if batch_sizes else None,
+                model=job.model,
+                instances=len(job.images),
+                # inferred, but the execution no longer waited for it (it timed out or was answered before)
+                outcome="ok" if answer is Answer.ACCEPTED else "failed",
+                reason=None if answer is Answer.ACCEPTED else code,
             )
+        )
+
+    async def _closed(self, token: str) -> str | None:
+        """The error code if the task of ``token`` is closed already (one heartbeat), else None."""
+        try:
+            await self.sfn.send_task_heartbeat(taskToken=token)
+        except Exception as exc:
+            code = error_code(exc)
+            if code in CLOSED_TASK_CODES:
+                return code
+            log.warning("task heartbeat failed: %s", type(exc).__name__)
+        return None
+
+    async def _infer_while_alive(self, job: Job, receipt: str) -> list[int]:
+        """:meth:`_infer` while the message's visibility is extended and the task heartbeated. Raises
+        TaskClosed, after cancelling the work, as soon as a heartbeat says the task is closed."""
+        work = asyncio.create_task(self._infer(job))
+        keepalive = asyncio.create_task(self._keepalive(receipt, job.token))
+        try:
+            await asyncio.wait({work, keepalive}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            keepalive.cancel()
+            stopped = work.cancel()  # False when it finished
+            await asyncio.gather(work, keepalive, return_exceptions=True)
+        if stopped:
+            raise TaskClosed(keepalive.result())
+        return work.result()
 
     async def _infer(self, job: Job) -> list[int]:
         spec = self.specs.get(job.model)
         if spec is None:
             raise KeyError(f"model {job.model!r} is not served by this worker")
         batcher = self.batchers[job.model]
+        results: list[tuple[InstanceOutput, bytes, int] | None] = [None] * len(job.images)
+        pending = iter(enumerate(job.images))
 
-        async def one(sop: str, rows: int, cols: int) -> tuple[Any, bytes, int]:
-            raw = await self.images.get_bytes(keys.prepared_key(job.tenant, job.study, sop))
-            tensor, header = prepared_codec.decode(raw)
-            result = await batcher.infer(tensor)
-            prepared = PreparedImage(sop, "", "", tensor, (rows, cols), 0, {})
-            return to_instance_output(prepared, spec, result), header, result.batch_size
+        async def lane() -> None:
+            """Takes the next image when done with one: the lanes bound the images in flight."""
+            for index, (sop, rows, cols) in pending:
+                raw = await self.images.get_bytes(keys.prepared_key(job.tenant, job.study, sop))
+                tensor, header = prepared_codec.decode(raw)
+                del raw
+                result = await batcher.infer(tensor)
+                prepared = PreparedImage(sop, "", "", tensor, (rows, cols), 0, {})
+                results[index] = (to_instance_output(prepared, spec, result), header, result.batch_size)
 
-        results = await asyncio.gather(*(one(*image) for image in job.images))
-        data = output_codec.encode([r[0] for r in results], [r[1] for r in results])
+        failure: BaseException | None = None
+        try:
+            async with asyncio.TaskGroup() as lanes:  # the first failure cancels the other lanes
+                for _ in range(min(self.settings.worker_images_in_flight, len(job.images))):
+                    lanes.create_task(lane())
+        except BaseExceptionGroup as group:
+            failure = first_error(group)
+        if failure is not None:
+            raise failure  # outside the handler: typed as the handlers of _process expect, without the group
+        done = [r for r in results if r is not None]
+        data = output_codec.encode([r[0] for r in done], [r[1] for r in done])
         await self.images.put_bytes(
             keys.outputs_key(job.tenant, job.study, job.request_id), data, content_type="application/octet-stream"
         )
-        return [r[2] for r in results]
+        return [r[2] for r in done]
 
-    async def _keepalive(self, receipt: str, token: str) -> None:
+    async def _keepalive(self, receipt: str, token: str) -> str:
+        """Extend the message's visibility and heartbeat the task until cancelled, each call on its own
+        (a failing visibility change must not cost the heartbeat). Returns the error code when a heartbeat
+        says the task is closed."""
         interval = max(1.0, self.settings.worker_visibility_timeout_s / 3)
         while True:
             await asyncio.sleep(interval)
-            with contextlib.suppress(Exception):
+            try:
                 await self.sqs.change_message_visibility(
                     QueueUrl=self.queue_url,
                     ReceiptHandle=receipt,
                     VisibilityTimeout=self.settings.worker_visibility_timeout_s,
                 )
-                await self.sfn.send_task_heartbeat(taskToken=token)
+            except Exception as exc:
+                log.warning("extending a message's visibility failed: %s", type(exc).__name__)
+            if closed := await self._closed(token):
+                return closed
 
     async def _finish(
         self,
@@ -239,8 +356,9 @@ class InferenceWorker:
         output: dict[str, Any] | None = None,
         error: tuple[str, str] | None = None,
         job: Job | None = None,
-    ) -> bool:
-        """Answer the state machine, then delete the message. False if the answer did not go through."""
+    ) -> tuple[Answer, str]:
+        """Answer the state machine, then delete the message. Returns what became of the answer, and the
+        error code when the task was closed already."""
         try:
             if error is None:
                 await self.sfn.send_task_success(taskToken=token, output=json.dumps(output))
@@ -248,10 +366,20 @@ class InferenceWorker:
                 log.error("study %s failed: %s: %s", job.study if job else "?", error[0], error[1][:300])
                 await self.sfn.send_task_failure(taskToken=token, error=error[0], cause=error[1][:32000])
         except Exception as exc:
-            code = getattr(exc, "response", {}).get("Error", {}).get("Code", "")
-            if code not in ("TaskTimedOut", "TaskDoesNotExist", "InvalidToken"):
+            code = error_code(exc)
+            if code not in CLOSED_TASK_CODES:
                 log.warning("answering the task failed (%s); the message will be redelivered", type(exc).__name__)
-                return False
+                return Answer.NOT_SENT, code
             log.info("task already closed (%s); dropping the duplicate message", code)
-        await self.sqs.delete_message(QueueUrl=self.queue_url, ReceiptHandle=receipt)
-        return error is None
+            await self._delete(receipt)
+            return Answer.CLOSED, code
+        await self._delete(receipt)
+        return Answer.ACCEPTED, ""
+
+    async def _delete(self, receipt: str) -> None:
+        """Delete a message whose task is answered or closed. A failure is logged, not raised: the task is
+        closed, so a redelivery is dropped after one heartbeat (see :meth:`_process`)."""
+        try:
+            await self.sqs.delete_message(QueueUrl=self.queue_url, ReceiptHandle=receipt)
+        except Exception as exc:
+            log.warning("deleting an answered message failed (%s); its redelivery will be dropped", type(exc).__name__)

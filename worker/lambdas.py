@@ -1,7 +1,9 @@
 """Lambda handlers: thin adapters over the stage functions (which the tests call directly).
 
 Each raises the stage's typed error; Step Functions sees the class name as the error name and applies
-the state machine's Retry/Catch. Nothing here returns an error as a value.
+the state machine's Retry/Catch. Nothing here returns an error as a value. Storage that did not answer
+(``StorageUnavailable``: an S3 503, a DynamoDB 5xx or throttling), wherever a stage met it, is raised as
+``TransientError``, the name every Lambda state retries: one hiccup of a status write must not fail a study.
 
 Clients are created once per runtime and reused by every invocation (Lambda's init phase): one event
 loop (uvloop) runs in a background thread and every invocation is a coroutine on it. Building aioboto3
@@ -18,9 +20,11 @@ from typing import Any
 
 import uvloop
 
+from radstream.errors import StorageUnavailable
 from radstream.settings import get_settings
 from worker.pipeline import prepare, start, store, validate
 from worker.pipeline.context import StageContext, stage_context
+from worker.pipeline.errors import TransientError
 
 Stage = Callable[[StageContext, dict[str, Any]], Awaitable[dict[str, Any]]]
 
@@ -43,7 +47,10 @@ class _Runtime:
 
     def run(self, stage: Stage, event: dict[str, Any]) -> dict[str, Any]:
         async def invoke() -> dict[str, Any]:
-            return await stage(await self.context(), event)
+            try:
+                return await stage(await self.context(), event)
+            except StorageUnavailable as exc:
+                raise TransientError(exc.detail) from exc
 
         return asyncio.run_coroutine_threadsafe(invoke(), self.loop).result()
 

@@ -1,4 +1,4 @@
-"""DICOMweb routes: STOW-RS (PS3.18 10.5) and WADO-RS instance retrieval (PS3.18 10.4)."""
+"""DICOMweb routes: STOW-RS (PS3.18 10.5) and WADO-RS study and instance retrieval (PS3.18 10.4)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from gateway.dicomweb import wado
 from gateway.dicomweb.responses import DICOM_JSON, store_instances_response
 from gateway.errors import error_responses
 from gateway.services import ServicesDep
-from radstream.errors import ServiceBusy
+from radstream.errors import NotAcceptable, NotFound, ServiceBusy
 
 router = APIRouter(prefix="/dicomweb", tags=["DICOMweb"])
 
@@ -121,6 +121,40 @@ async def store_study_instances(request: Request, services: ServicesDep, tenant:
 
 
 @router.get(
+    "/studies/{study}",
+    summary="Retrieve a study (WADO-RS)",
+    response_class=StreamingResponse,
+    responses={
+        200: {
+            "description": "Every instance of the study that a STOW-RS request was told is stored, unchanged, "
+            "one part each",
+            "content": {
+                'multipart/related; type="application/dicom"': {"schema": {"type": "string", "format": "binary"}}
+            },
+        },
+        **error_responses(401, 404, 406, 422, 503),
+    },
+)
+async def retrieve_study(
+    services: ServicesDep, tenant: Tenant, study: Uid, accept: Annotated[str | None, Header()] = None
+) -> StreamingResponse:
+    # Instances are returned as stored, possibly in different transfer syntaxes: no single one is promised.
+    if not any(c.media == wado.MULTIPART and c.transfer_syntax is None for c in wado.acceptable(accept)):
+        raise NotAcceptable(
+            'a study is retrieved as multipart/related; type="application/dicom" (one part per instance, each '
+            "as stored), without a transfer-syntax parameter or with transfer-syntax=*"
+        )
+    instance_keys = await wado.recorded_instances(services.images, tenant, study)
+    if not instance_keys:
+        raise NotFound(f"study {study} not found")
+    boundary = uuid.uuid4().hex
+    return StreamingResponse(
+        wado.study_multipart(services.images, instance_keys, boundary),
+        media_type=f'multipart/related; type="application/dicom"; boundary={boundary}',
+    )
+
+
+@router.get(
     "/studies/{study}/series/{series}/instances/{instance}",
     summary="Retrieve an instance (WADO-RS)",
     response_class=StreamingResponse,
@@ -143,12 +177,14 @@ async def retrieve_instance(
     instance: Uid,
     accept: Annotated[str | None, Header()] = None,
 ) -> StreamingResponse:
-    media = wado.negotiate(accept)
-    size, chunks = await services.images.open_stream(wado.key_for(tenant, study, series, instance))
-    if media == wado.SINGLE:
-        return StreamingResponse(chunks, media_type="application/dicom", headers={"Content-Length": str(size)})
+    key = wado.key_for(tenant, study, series, instance)
+    choice = await wado.negotiate(accept, lambda: wado.stored_transfer_syntax(services.images, key))
+    size, chunks = await services.images.open_stream(key)
+    part_type = wado.part_content_type(choice)
+    if choice.media == wado.SINGLE:
+        return StreamingResponse(chunks, media_type=part_type, headers={"Content-Length": str(size)})
     boundary = uuid.uuid4().hex
     return StreamingResponse(
-        wado.multipart(chunks, boundary),
+        wado.multipart(chunks, boundary, part_type),
         media_type=f'multipart/related; type="application/dicom"; boundary={boundary}',
     )

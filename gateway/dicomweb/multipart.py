@@ -45,8 +45,15 @@ class _State(Enum):
 
 
 def parse_headers(block: bytes) -> dict[str, str]:
-    headers: dict[str, str] = {}
+    """A part's header fields, names lower-cased; folded fields (RFC 5322 2.2.3) are unfolded."""
+    lines: list[bytes] = []
     for line in block.split(b"\r\n"):
+        if line[:1] in (b" ", b"\t") and lines:
+            lines[-1] += b" " + line.strip()
+        else:
+            lines.append(line)
+    headers: dict[str, str] = {}
+    for line in lines:
         if not line.strip():
             continue
         name, sep, value = line.partition(b":")

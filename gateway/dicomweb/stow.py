@@ -3,10 +3,16 @@
 Memory is bounded: each part is spooled (RAM up to ``spool_memory_bytes``, then a temporary file) while
 its SHA-256 is computed; header parsing and the conditional S3 write of a part run as a task, and at most
 ``stow_concurrent_puts`` tasks run per request: when they are all busy the body is not read further
-(backpressure to the client). An instance is reported stored only after S3 confirmed the write; when the
-request fails as a whole (size limit, storage down), objects this request created are removed again, and
-when that happens after the study's status row was written (the manifest failed), the row is put back as
-it was: a new study has none, a known one keeps its status, unless something changed the row since.
+(backpressure to the client). An instance is reported stored only after S3 confirmed the write.
+
+A request that fails as a whole (size limit, storage down, a manifest not written) claims nothing, and
+removes nothing either: an instance object is write-once and may already be another request's answer
+(that request re-sent the same bytes while this one was in flight, and was told "stored"). What it
+created stays, unlisted in any manifest, and carries this request's id; a re-send finds it identical,
+sees that no manifest of that request exists, and lists it in its own manifest (adopts it), so it is
+processed once the client is told it is stored. When the failure comes after the study's status row was
+written, the row is put back as it was: a new study has none, a known one keeps its status, unless
+something changed the row since.
 """
 
 from __future__ import annotations
@@ -16,7 +22,6 @@ import hashlib
 import logging
 import tempfile
 import time
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from email.message import Message
@@ -33,11 +38,11 @@ from radstream.dicom import (
     read_header,
     starts_with_file_meta,
 )
-from radstream.errors import BadRequest, PayloadTooLarge, StorageUnavailable, UnsupportedMediaType
+from radstream.errors import BadRequest, NotFound, PayloadTooLarge, StorageUnavailable, UnsupportedMediaType
 from radstream.manifest import Manifest, ManifestInstance
 from radstream.settings import Settings
 from radstream.status import ReceivedWrite, StatusStore, StudyState, utcnow
-from radstream.storage import ObjectStore, PutOutcome, StorageError
+from radstream.storage import ObjectStore, PutOutcome, StorageError, StoredObject
 from radstream.telemetry import BufferedTelemetry, TelemetryEvent
 
 log = logging.getLogger("radstream.stow")
@@ -54,6 +59,12 @@ class StoredInstance:
     size: int
     sha256: str
     created: bool  # False: identical bytes were stored already
+    adopted: bool = False  # identical bytes stored by a request that wrote no manifest for them
+
+    @property
+    def in_manifest(self) -> bool:
+        """Listed in this request's manifest: new to the pipeline."""
+        return self.created or self.adopted
 
 
 @dataclass
@@ -139,6 +150,26 @@ class _Spool:
         self.size += len(data)
 
 
+class _RecordedKeys:
+    """The instance keys that a study's manifests list, read at most once per request and only when asked."""
+
+    def __init__(self, images: ObjectStore, tenant: str) -> None:
+        self._images = images
+        self._tenant = tenant
+        self._by_study: dict[str, set[str]] = {}
+        self._lock = asyncio.Lock()
+
+    async def contains(self, study: str, key: str) -> bool:
+        async with self._lock:
+            if study not in self._by_study:
+                listed: set[str] = set()
+                for manifest_key in await self._images.list_keys(keys.study_manifest_prefix(self._tenant, study)):
+                    manifest = Manifest.model_validate_json(await self._images.get_bytes(manifest_key))
+                    listed.update(instance.key for instance in manifest.instances)
+                self._by_study[study] = listed
+        return key in self._by_study[study]
+
+
 class StowService:
     def __init__(
         self,
@@ -175,6 +206,8 @@ class StowService:
         except MultipartError as exc:
             raise BadRequest(str(exc)) from exc
 
+        request_id = keys.new_request_id()
+        recorded = _RecordedKeys(self._images, tenant)
         slots = asyncio.Semaphore(self._settings.stow_concurrent_puts)
         tasks: list[asyncio.Task[StoredInstance | FailedInstance]] = []
         spool: _Spool | None = None
@@ -196,7 +229,11 @@ class StowService:
                     elif isinstance(event, PartEnd) and spool is not None:
                         spool.finish()
                         await slots.acquire()
-                        tasks.append(asyncio.create_task(self._store_part(tenant, path_study_uid, spool, slots)))
+                        tasks.append(
+                            asyncio.create_task(
+                                self._store_part(tenant, request_id, path_study_uid, spool, slots, recorded)
+                            )
+                        )
                         spool = None
             if parser.parts_started == 0:
                 raise BadRequest("the multipart body contains no parts (is the boundary right?)")
@@ -206,11 +243,18 @@ class StowService:
                 results.append(
                     FailedInstance(FailureReason.TRUNCATED_PART, "the body ended before this part's closing boundary")
                 )
+            elif not parser.complete:  # inside a part's headers, or where the next part or the close would be
+                results.append(
+                    FailedInstance(
+                        FailureReason.TRUNCATED_PART,
+                        "the body ended after a boundary, before the next part's data or the closing boundary",
+                    )
+                )
         except BaseException:
             if spool is not None:
                 spool.file.close()
-            done = await asyncio.gather(*tasks, return_exceptions=True)
-            await self._rollback([r for r in done if isinstance(r, StoredInstance)])
+            # What was stored stays (see the module docstring); the parts in flight finish first.
+            await asyncio.gather(*tasks, return_exceptions=True)
             raise
 
         outcome = StowOutcome(study_instance_uid=path_study_uid)
@@ -219,7 +263,7 @@ class StowService:
                 outcome.stored.append(result)
             else:
                 outcome.failed.append(result)
-        await self._commit(tenant, outcome)
+        await self._commit(tenant, request_id, outcome)
         self._metrics.record_stow(outcome)
         self._emit(tenant, outcome, (time.perf_counter() - started) * 1e3)
         return outcome
@@ -243,7 +287,13 @@ class StowService:
         self._telemetry.emit(*events)
 
     async def _store_part(
-        self, tenant: str, path_study_uid: str | None, spool: _Spool, slots: asyncio.Semaphore
+        self,
+        tenant: str,
+        request_id: str,
+        path_study_uid: str | None,
+        spool: _Spool,
+        slots: asyncio.Semaphore,
+        recorded: _RecordedKeys,
     ) -> StoredInstance | FailedInstance:
         try:
             part_type = spool.headers.get("content-type", DICOM_MEDIA_TYPE).split(";")[0].strip().lower()
@@ -257,6 +307,11 @@ class StowService:
                 header = await asyncio.to_thread(read_header, spool.file)  # type: ignore[arg-type]
             except DicomPartError as exc:
                 return FailedInstance(exc.reason, exc.detail, exc.sop_class_uid, exc.sop_instance_uid)
+            except Exception as exc:  # pydicom raises many kinds for malformed data; the part alone fails
+                log.info("part header not parsed: %s: %s", type(exc).__name__, exc)
+                return FailedInstance(
+                    FailureReason.CANNOT_UNDERSTAND, f"the DICOM header cannot be parsed ({type(exc).__name__})"
+                )
             if path_study_uid is not None and header.study_instance_uid != path_study_uid:
                 return FailedInstance(
                     FailureReason.STUDY_UID_MISMATCH,
@@ -271,8 +326,11 @@ class StowService:
             spool.file.seek(0)
             body = spool.file.read() if spool.size <= self._settings.spool_memory_bytes else spool.file
             try:
-                outcome = await self._images.put_once(
-                    key, body, sha256=digest, size=spool.size, content_type=DICOM_MEDIA_TYPE
+                put = await self._images.put_once(
+                    key, body, sha256=digest, size=spool.size, content_type=DICOM_MEDIA_TYPE, request_id=request_id
+                )
+                adopted = put.outcome is PutOutcome.IDENTICAL and await self._unrecorded(
+                    tenant, key, header, put.existing, recorded
                 )
             except StorageUnavailable as exc:
                 return FailedInstance(
@@ -286,83 +344,88 @@ class StowService:
                     header.sop_class_uid,
                     header.sop_instance_uid,
                 )
-            if outcome is PutOutcome.CONFLICT:
+            if put.outcome is PutOutcome.CONFLICT:
                 return FailedInstance(
                     FailureReason.DUPLICATE_SOP_INSTANCE,
                     "different content is stored under this SOPInstanceUID",
                     header.sop_class_uid,
                     header.sop_instance_uid,
                 )
-            return StoredInstance(header, key, spool.size, digest, created=outcome is PutOutcome.CREATED)
+            return StoredInstance(
+                header, key, spool.size, digest, created=put.outcome is PutOutcome.CREATED, adopted=adopted
+            )
         finally:
             spool.file.close()
             slots.release()
 
-    async def _commit(self, tenant: str, outcome: StowOutcome) -> None:
-        """Record the study and write the manifest for what this request newly stored."""
-        created = [s for s in outcome.stored if s.created]
-        if not created:
+    async def _unrecorded(
+        self, tenant: str, key: str, header: InstanceHeader, existing: StoredObject | None, recorded: _RecordedKeys
+    ) -> bool:
+        """Whether identical bytes already stored are in no manifest: left by a request that failed (or is
+        still in flight) and not listed by a re-send since. Then this request lists them in its manifest.
+        The creator's manifest answers the common case with one HEAD; only when it is missing are the
+        study's manifests read (once per request). Objects without a creator (written before creators were
+        recorded) count as recorded."""
+        creator = existing.request_id if existing is not None else None
+        if creator is None or not keys.is_request_id(creator):
+            return False
+        try:
+            await self._images.head(keys.manifest_key(tenant, header.study_instance_uid, creator))
+        except NotFound:
+            try:
+                return not await recorded.contains(header.study_instance_uid, key)
+            except Exception as exc:  # cannot tell: list it again (processed twice at worst, never lost)
+                log.warning("manifests of %s not read: %s", header.study_instance_uid, exc)
+                return True
+        return False
+
+    async def _commit(self, tenant: str, request_id: str, outcome: StowOutcome) -> None:
+        """Record the study and write the manifest for what this request newly stored or adopted."""
+        new = [s for s in outcome.stored if s.in_manifest]
+        if not new:
             return
         by_study: dict[str, list[StoredInstance]] = {}
-        for inst in created:
+        for inst in new:
             by_study.setdefault(inst.header.study_instance_uid, []).append(inst)
-        written: list[str] = []
-        rows: list[tuple[str, ReceivedWrite]] = []
+        rows: list[tuple[str, ReceivedWrite]] = []  # status rows written whose manifest is not
         try:
             for study, instances in by_study.items():
-                request_id = f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:12]}"
                 key = keys.manifest_key(tenant, study, request_id)
                 # The status row must exist before the manifest starts the pipeline.
-                rows.append((study, await self._status.record_received(tenant, study)))
-                written.append(key)
+                rows.append((study, await self._status.record_received(tenant, study, token=request_id)))
                 await self._images.put_json(key, _manifest(tenant, study, request_id, instances))
+                rows.pop()
                 outcome.manifest_key = key
         except (StorageUnavailable, StorageError) as exc:
-            log.error("manifest for %d instances not written, rolling back: %s", len(created), exc)
-            await self._undo_request(tenant, created, written, rows)
+            log.error("manifest for %d instances not written: %s", len(new), exc)
+            await self._undo_rows(tenant, rows)
             raise StorageUnavailable(
-                "storage failed while recording the request; nothing was stored, retry later",
+                "storage failed while recording the request; re-send it (instances stored already are recognised)",
                 headers={"Retry-After": str(self._settings.storage_retry_after_s)},
             ) from exc
         except BaseException:  # cancelled (shutdown) or a bug: the same clean-up, which cancelling cannot stop
-            await asyncio.shield(self._undo_request(tenant, created, written, rows))
+            await asyncio.shield(self._undo_rows(tenant, rows))
             raise
 
-    async def _undo_request(
-        self, tenant: str, created: list[StoredInstance], manifests: list[str], rows: list[tuple[str, ReceivedWrite]]
-    ) -> None:
-        await self._rollback(created)
-        for key in manifests:
-            await self._delete_quietly(key)
-        for study, row in rows:  # the study is as it was: not `received` for instances that are gone
+    async def _undo_rows(self, tenant: str, rows: list[tuple[str, ReceivedWrite]]) -> None:
+        for study, row in rows:  # the study is as it was: not `received` for a request that recorded nothing
             await self._undo_quietly(tenant, study, row)
 
     async def _undo_quietly(self, tenant: str, study: str, row: ReceivedWrite) -> None:
         if row.previous_state == StudyState.RECEIVED.value:
             # The row before was another request's `received`; if that request failed too, restoring its
-            # row would leave a study without instances `received`. With no instance of the study stored,
+            # row would leave a study that no manifest started `received`. With no manifest of the study,
             # no row is the truth; with some, the other request's row stands.
             try:
-                if not await self._images.list_keys(keys.study_prefix(tenant, study)):
+                if not await self._images.list_keys(keys.study_manifest_prefix(tenant, study)):
                     row = row.without_previous()
             except Exception as exc:  # cannot tell: restore the row before, as written
-                log.warning("instances of %s not listed: %s", study, exc)
+                log.warning("manifests of %s not listed: %s", study, exc)
         try:
             if not await self._status.undo_received(tenant, study, row):
                 log.warning("status of %s changed since this request wrote it; left as it is", study)
-        except Exception as exc:  # best effort, like the rollback of the objects
+        except Exception as exc:  # best effort: the manifest is what starts processing
             log.warning("status of %s not restored: %s", study, exc)
-
-    async def _rollback(self, instances: list[StoredInstance]) -> None:
-        for inst in instances:
-            if inst.created:
-                await self._delete_quietly(inst.key)
-
-    async def _delete_quietly(self, key: str) -> None:
-        try:
-            await self._images.delete(key)
-        except Exception as exc:  # rollback is best effort; the manifest is what starts processing
-            log.warning("rollback of %s failed: %s", key, exc)
 
 
 def _manifest(tenant: str, study: str, request_id: str, instances: list[StoredInstance]) -> dict[str, object]:

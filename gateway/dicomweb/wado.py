@@ -1,12 +1,18 @@
-"""WADO-RS helpers: content negotiation and multipart framing of stored instances."""
+"""WADO-RS helpers: content negotiation and multipart framing of stored instances and whole studies."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import io
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from email.message import Message
+
+import pydicom
 
 from radstream import keys
 from radstream.errors import NotAcceptable, NotFound
+from radstream.manifest import Manifest
+from radstream.storage import ObjectStore
 
 MULTIPART = "multipart"
 SINGLE = "single"
@@ -19,29 +25,124 @@ def key_for(tenant: str, study: str, series: str, instance: str) -> str:
         raise NotFound(str(exc)) from exc
 
 
-def negotiate(accept: str | None) -> str:
-    """Pick multipart/related (the default) or a bare application/dicom from the Accept header."""
+@dataclass(frozen=True)
+class Acceptable:
+    """One media range of an Accept header that this server can produce."""
+
+    media: str  # MULTIPART or SINGLE
+    transfer_syntax: str | None  # None: any (the parameter absent, or "*")
+
+
+def _quality(msg: Message) -> float:
+    raw = msg.get_param("q")
+    try:
+        return float(raw) if isinstance(raw, str) else 1.0
+    except ValueError:
+        return 0.0
+
+
+def acceptable(accept: str | None) -> list[Acceptable]:
+    """What the Accept header allows that we can produce, most preferred first (q-values, then order;
+    q=0 means "not this", RFC 9110 12.4.2). No header: multipart/related."""
     if not accept:
-        return MULTIPART
-    for raw in accept.split(","):
+        return [Acceptable(MULTIPART, None)]
+    ranked: list[tuple[float, int, Acceptable]] = []
+    for position, raw in enumerate(accept.split(",")):
         msg = Message()
         msg["content-type"] = raw.strip()
+        quality = _quality(msg)
+        if quality <= 0:
+            continue
         media = msg.get_content_type()
+        syntax = msg.get_param("transfer-syntax")
+        transfer_syntax = syntax if isinstance(syntax, str) and syntax != "*" else None
         if media == "multipart/related":
             inner = msg.get_param("type")
-            if not isinstance(inner, str) or inner.lower() == "application/dicom":
-                return MULTIPART
-        elif media == "application/dicom":
-            return SINGLE
-        elif media in ("*/*", "multipart/*", "application/*"):
-            return MULTIPART
-    raise NotAcceptable(
-        f'cannot produce any of {accept!r}; ask for multipart/related; type="application/dicom" or application/dicom'
+            if isinstance(inner, str) and inner.lower() != "application/dicom":
+                continue
+            kind = MULTIPART
+        elif media in ("*/*", "multipart/*"):
+            kind = MULTIPART
+        elif media in ("application/dicom", "application/*"):
+            kind = SINGLE
+        else:
+            continue
+        ranked.append((-quality, position, Acceptable(kind, transfer_syntax)))
+    return [choice for _, _, choice in sorted(ranked, key=lambda r: (r[0], r[1]))]
+
+
+def not_acceptable(accept: str | None) -> NotAcceptable:
+    return NotAcceptable(
+        f'cannot produce any of {accept!r}; ask for multipart/related; type="application/dicom" or '
+        "application/dicom, without a transfer-syntax parameter or with the stored one (instances are "
+        "returned as stored, never transcoded)"
     )
 
 
-async def multipart(chunks: AsyncIterator[bytes], boundary: str) -> AsyncIterator[bytes]:
-    yield f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
+async def negotiate(accept: str | None, stored_syntax: Callable[[], Awaitable[str | None]]) -> Acceptable:
+    """The first acceptable choice we can serve: instances are returned as stored, so a requested transfer
+    syntax must be the stored one (read only when a choice names one); 406 (PS3.18 8.7.3) otherwise."""
+    stored: str | None = None
+    looked = False
+    for choice in acceptable(accept):
+        if choice.transfer_syntax is None:
+            return choice
+        if not looked:
+            stored, looked = await stored_syntax(), True
+        if stored is not None and choice.transfer_syntax == stored:
+            return choice
+    raise not_acceptable(accept)
+
+
+def part_content_type(choice: Acceptable) -> str:
+    if choice.transfer_syntax is None:
+        return "application/dicom"
+    return f"application/dicom; transfer-syntax={choice.transfer_syntax}"
+
+
+async def multipart(
+    chunks: AsyncIterator[bytes], boundary: str, content_type: str = "application/dicom"
+) -> AsyncIterator[bytes]:
+    yield f"--{boundary}\r\nContent-Type: {content_type}\r\n\r\n".encode()
     async for chunk in chunks:
         yield chunk
+    yield f"\r\n--{boundary}--\r\n".encode()
+
+
+FILE_META_PROBE_BYTES = 16 * 1024
+
+
+async def stored_transfer_syntax(images: ObjectStore, key: str) -> str | None:
+    """The Transfer Syntax UID in the stored object's File Meta (None when it cannot be read)."""
+    head = await images.read_prefix(key, FILE_META_PROBE_BYTES)
+    try:
+        meta = pydicom.dcmread(io.BytesIO(head), specific_tags=["SOPInstanceUID"]).file_meta
+    except Exception:  # not readable as Part 10: no transfer syntax can be promised
+        return None
+    syntax = getattr(meta, "TransferSyntaxUID", None)
+    return str(syntax) if syntax else None
+
+
+async def recorded_instances(images: ObjectStore, tenant: str, study: str) -> list[str]:
+    """The instance keys of a study that STOW requests acknowledged: those its manifests list, in the order
+    they were received. Objects a failed request left (see gateway/dicomweb/stow.py) are not among them."""
+    try:
+        prefix = keys.study_manifest_prefix(tenant, study)
+    except ValueError as exc:
+        raise NotFound(str(exc)) from exc
+    seen: dict[str, None] = {}
+    for manifest_key in sorted(await images.list_keys(prefix)):
+        manifest = Manifest.model_validate_json(await images.get_bytes(manifest_key))
+        seen.update((instance.key, None) for instance in manifest.instances)
+    return list(seen)
+
+
+async def study_multipart(images: ObjectStore, instance_keys: list[str], boundary: str) -> AsyncIterator[bytes]:
+    """Every instance as one part of a multipart/related body, read one at a time (memory stays flat)."""
+    for index, key in enumerate(instance_keys):
+        opening = "" if index == 0 else "\r\n"
+        yield f"{opening}--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
+        _, chunks = await images.open_stream(key)
+        async for chunk in chunks:
+            yield chunk
     yield f"\r\n--{boundary}--\r\n".encode()

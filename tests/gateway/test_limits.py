@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -46,17 +47,34 @@ def test_content_length_over_limit_is_413(small_stack: tuple[Emulator, Gateway])
     assert str(LIMIT) in response.json()["detail"]
 
 
-def test_chunked_over_limit_is_413_and_nothing_is_kept(small_stack: tuple[Emulator, Gateway]) -> None:
+def test_chunked_over_limit_is_413_records_nothing_and_a_resend_within_it_is_processed(
+    small_stack: tuple[Emulator, Gateway],
+) -> None:
     emu, gw = small_stack
     uids, parts = two_slices()
     more = [synthetic.to_bytes(synthetic.ct_slice(uids, i, rows=256, cols=256)) for i in range(2, 4)]
     response = stow(gw.url, gw.auth(), parts + more, chunked=True)
     assert response.status_code == 413
-    listing = emu.client("s3").list_objects_v2(
-        Bucket=gw.settings.images_bucket, Prefix=f"instances/alpha/{uids.study}/"
-    )
-    assert listing["KeyCount"] == 0  # instances stored before the limit was hit were removed again
+    s3 = emu.client("s3")
+    bucket = gw.settings.images_bucket
+
+    def keys(prefix: str) -> list[str]:
+        return [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])]
+
+    # Instances stored before the limit was hit (if any were by then) are left (write-once: nothing is
+    # deleted) but recorded nowhere: no manifest, no status, so nothing is processed and nothing is claimed.
+    assert len(keys(f"instances/alpha/{uids.study}/")) <= 2
+    assert keys(f"manifests/alpha/{uids.study}/") == []
     assert httpx.get(f"{gw.url}/v1/studies/{uids.study}", headers=gw.auth()).status_code == 404
+
+    resent = stow(gw.url, gw.auth(), parts, chunked=True)  # the client sends what fits
+    assert resent.status_code == 200
+    manifests = keys(f"manifests/alpha/{uids.study}/")
+    assert len(manifests) == 1
+    listed = json.loads(s3.get_object(Bucket=bucket, Key=manifests[0])["Body"].read())["instances"]
+    stored = keys(f"instances/alpha/{uids.study}/")
+    assert len(stored) == 2 and sorted(i["key"] for i in listed) == sorted(stored)
+    assert httpx.get(f"{gw.url}/v1/studies/{uids.study}", headers=gw.auth()).json()["status"] == "received"
 
 
 def test_under_limit_is_stored(small_stack: tuple[Emulator, Gateway]) -> None:

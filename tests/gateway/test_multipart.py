@@ -89,3 +89,15 @@ def test_oversized_headers_raise() -> None:
 def test_boundary_length_is_checked(boundary: str) -> None:
     with pytest.raises(MultipartError):
         MultipartParser(boundary)
+
+
+def test_folded_part_headers_are_unfolded() -> None:
+    data = (
+        b"--XbndX\r\nContent-Type: application/dicom;\r\n transfer-syntax=1.2.840.10008.1.2.1\r\n"
+        b"Content-Location:\r\n\tinstance-1\r\n\r\nDATA\r\n--XbndX--\r\n"
+    )
+    headers, parts, complete = parse(data, "XbndX", 7)
+    assert headers == [
+        {"content-type": "application/dicom; transfer-syntax=1.2.840.10008.1.2.1", "content-location": "instance-1"}
+    ]
+    assert parts == [b"DATA"] and complete

@@ -1,4 +1,5 @@
-"""A request whose manifest cannot be written leaves the study's status row as it was.
+"""A request whose manifest cannot be written leaves the study's status row as it was, removes nothing,
+and a re-send lists what it left in its own manifest.
 
 StowService runs in-process against the real emulator; only the manifest write is made to fail (S3 down
 between the instances and the manifest), since every other call must succeed for the case to arise.
@@ -7,6 +8,7 @@ between the instances and the manifest), since every other call must succeed for
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -48,8 +50,12 @@ async def parts(settings: Settings) -> AsyncIterator[dict[str, Any]]:
         }
 
 
-async def _store(service: StowService, uids: synthetic.StudyUids, first: int) -> Any:
-    body = multipart([synthetic.to_bytes(synthetic.ct_slice(uids, i, rows=64, cols=64)) for i in (first, first + 1)])
+def _body(uids: synthetic.StudyUids, first: int) -> bytes:
+    return multipart([synthetic.to_bytes(synthetic.ct_slice(uids, i, rows=64, cols=64)) for i in (first, first + 1)])
+
+
+async def _store(service: StowService, uids: synthetic.StudyUids, first: int, body: bytes | None = None) -> Any:
+    body = body if body is not None else _body(uids, first)
 
     async def stream() -> AsyncIterator[bytes]:
         for chunk in chunks(body, 4096):
@@ -60,12 +66,73 @@ async def _store(service: StowService, uids: synthetic.StudyUids, first: int) ->
     )
 
 
-async def test_a_new_study_has_no_status_row_after_the_failed_request(parts: dict[str, Any]) -> None:
+def _instances(uids: synthetic.StudyUids) -> str:
+    return f"instances/{TENANT}/{uids.study}/"
+
+
+def _manifests(uids: synthetic.StudyUids) -> str:
+    return f"manifests/{TENANT}/{uids.study}/"
+
+
+async def test_a_new_study_has_no_status_row_after_the_failed_request_and_a_resend_records_it(
+    parts: dict[str, Any],
+) -> None:
     uids = synthetic.StudyUids.new()
-    with pytest.raises(StorageUnavailable, match="nothing was stored"):
-        await _store(parts["failing"], uids, 0)
+    images: ObjectStore = parts["images"]
+    body = _body(uids, 0)
+    with pytest.raises(StorageUnavailable, match="re-send it"):
+        await _store(parts["failing"], uids, 0, body)
     assert await parts["status"].get(TENANT, uids.study, instances=0, series=0) is None
-    assert await parts["images"].list_keys(f"instances/{TENANT}/{uids.study}/") == []
+    assert len(await images.list_keys(_instances(uids))) == 2  # left, in no manifest
+    assert await images.list_keys(_manifests(uids)) == []
+
+    outcome = await _store(parts["working"], uids, 0, body)  # the client's retry: the same bytes
+    assert [(s.created, s.adopted) for s in outcome.stored] == [(False, True), (False, True)]
+    manifests = await images.list_keys(_manifests(uids))
+    assert manifests == [outcome.manifest_key]
+    listed = json.loads(await images.get_bytes(manifests[0]))["instances"]
+    assert sorted(i["key"] for i in listed) == sorted(await images.list_keys(_instances(uids)))
+    row = await parts["status"].get(TENANT, uids.study, instances=2, series=1)
+    assert row is not None and row.status is StudyState.RECEIVED
+
+    again = await _store(parts["working"], uids, 0, body)  # recorded now: a further re-send adds nothing
+    assert [(s.created, s.adopted) for s in again.stored] == [(False, False), (False, False)]
+    assert again.manifest_key is None and await images.list_keys(_manifests(uids)) == manifests
+
+
+async def test_an_instance_another_request_was_told_is_stored_survives_the_failure_of_its_creator(
+    settings: Settings, parts: dict[str, Any]
+) -> None:
+    """A creates X; while A is still recording, B sends the same bytes and is told X is stored; then A's
+    manifest fails. X must still be there, and B's manifest must list it."""
+    uids = synthetic.StudyUids.new()
+    body = _body(uids, 0)
+    b_answered, a_stored = asyncio.Event(), asyncio.Event()
+    a = StowService(
+        settings,
+        _Gate(parts["images"]._s3, settings.images_bucket, b_answered, a_stored),
+        parts["status"],
+        Metrics(),
+        BufferedTelemetry(Telemetry(None, settings.telemetry_stream)),
+    )
+
+    async def first() -> None:
+        await _store(a, uids, 0, body)
+
+    async def second() -> Any:
+        await a_stored.wait()  # A's instances are stored and A is writing its manifest
+        try:
+            return await _store(parts["working"], uids, 0, body)
+        finally:
+            b_answered.set()
+
+    a_result, b_outcome = await asyncio.gather(first(), second(), return_exceptions=True)
+    assert isinstance(a_result, StorageUnavailable)
+    assert b_outcome.http_status == 200 and all(s.adopted for s in b_outcome.stored)
+    stored = sorted(await parts["images"].list_keys(_instances(uids)))
+    assert stored == sorted(s.key for s in b_outcome.stored)
+    listed = json.loads(await parts["images"].get_bytes(b_outcome.manifest_key))["instances"]
+    assert sorted(i["key"] for i in listed) == stored
 
 
 async def test_a_known_study_keeps_its_status_after_the_failed_request(parts: dict[str, Any]) -> None:
@@ -82,8 +149,9 @@ async def test_a_known_study_keeps_its_status_after_the_failed_request(parts: di
         await _store(parts["failing"], uids, 2)  # two more slices: their manifest fails
 
     after = await status.get(TENANT, uids.study, instances=2, series=1)
-    assert after == before  # completed, same result, same times: not `received` for instances that are gone
-    assert len(await parts["images"].list_keys(f"instances/{TENANT}/{uids.study}/")) == 2
+    assert after == before  # completed, same result, same times: not `received` for a request not recorded
+    assert len(await parts["images"].list_keys(_instances(uids))) == 4  # the two new ones are left
+    assert len(await parts["images"].list_keys(_manifests(uids))) == 1  # and listed in no manifest
 
 
 async def test_a_row_changed_since_is_left_alone(parts: dict[str, Any]) -> None:
@@ -100,11 +168,13 @@ async def test_a_row_changed_since_is_left_alone(parts: dict[str, Any]) -> None:
 class _Gate(ObjectStore):
     """Manifest writes that fail, each once its gate opens."""
 
-    def __init__(self, client: Any, bucket: str, gate: asyncio.Event) -> None:
+    def __init__(self, client: Any, bucket: str, gate: asyncio.Event, reached: asyncio.Event | None = None) -> None:
         super().__init__(client, bucket)
         self.gate = gate
+        self.reached = reached or asyncio.Event()
 
     async def put_json(self, key: str, document: Any) -> None:
+        self.reached.set()
         await self.gate.wait()
         raise StorageUnavailable("storage unavailable during PutObject: EndpointConnectionError")
 
@@ -114,15 +184,15 @@ class _Signalling(StatusStore):
         super().__init__(client, table)
         self.written = written
 
-    async def record_received(self, tenant: str, study: str) -> ReceivedWrite:
-        write = await super().record_received(tenant, study)
+    async def record_received(self, tenant: str, study: str, token: str | None = None) -> ReceivedWrite:
+        write = await super().record_received(tenant, study, token)
         self.written.set()
         return write
 
 
 async def test_two_failed_requests_for_a_new_study_leave_no_row(settings: Settings) -> None:
     """A writes `received`, B writes `received` over it, A undoes (B's write stands), B undoes: B's row
-    before was A's `received`, and with no instance of the study stored there must be no row at all."""
+    before was A's `received`, and with no manifest of the study written there must be no row at all."""
     uids = synthetic.StudyUids.new()
     a_written, b_written, a_done = asyncio.Event(), asyncio.Event(), asyncio.Event()
     session = aws.session(settings)
@@ -150,7 +220,7 @@ async def test_two_failed_requests_for_a_new_study_leave_no_row(settings: Settin
         results = await asyncio.gather(first(), second(), return_exceptions=True)
         assert all(isinstance(r, StorageUnavailable) for r in results), results
         assert await StatusStore(ddb, settings.status_table).get(TENANT, uids.study, instances=0, series=0) is None
-        assert await ObjectStore(s3, settings.images_bucket).list_keys(f"instances/{TENANT}/{uids.study}/") == []
+        assert await ObjectStore(s3, settings.images_bucket).list_keys(_manifests(uids)) == []
 
 
 class _ManifestsBreak(ObjectStore):
@@ -162,7 +232,7 @@ async def test_any_other_failure_while_recording_cleans_up_the_same_way(
     settings: Settings, parts: dict[str, Any]
 ) -> None:
     """Not only storage errors: whatever interrupts the manifest write (a bug, a cancellation at shutdown)
-    removes the instances and the status row this request created, then propagates."""
+    puts the status row back as it was, writes no manifest, then propagates."""
     uids = synthetic.StudyUids.new()
     breaking = StowService(
         settings,
@@ -174,4 +244,4 @@ async def test_any_other_failure_while_recording_cleans_up_the_same_way(
     with pytest.raises(RuntimeError, match="unexpected failure"):
         await _store(breaking, uids, 0)
     assert await parts["status"].get(TENANT, uids.study, instances=0, series=0) is None
-    assert await parts["images"].list_keys(f"instances/{TENANT}/{uids.study}/") == []
+    assert await parts["images"].list_keys(_manifests(uids)) == []

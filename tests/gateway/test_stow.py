@@ -66,6 +66,29 @@ def test_dicomweb_client_retrieves_what_it_stored(gateway: Gateway) -> None:
     assert got.PixelData == datasets[1].PixelData
 
 
+def test_the_study_retrieve_url_of_a_stow_response_returns_every_stored_instance(gateway: Gateway) -> None:
+    """Two requests, the second re-sending one instance: the study's RetrieveURL (0008,1190) resolves to a
+    WADO-RS Retrieve Study that a real client reads, with each instance once and byte for byte as sent."""
+    uids, datasets = series(3)
+    sent = {ds.SOPInstanceUID: synthetic.to_bytes(ds) for ds in datasets}
+    assert stow(gateway.url, gateway.auth(), list(sent.values())[:2]).status_code == 200
+    response = stow(gateway.url, gateway.auth(), list(sent.values())[1:])
+    assert response.status_code == 200
+    study_url = response.json()["00081190"]["Value"][0]
+    assert study_url == f"{gateway.url}/dicomweb/studies/{uids.study}"
+
+    got = client(gateway).retrieve_study(uids.study)
+    assert sorted(ds.SOPInstanceUID for ds in got) == sorted(sent)
+    raw = httpx.get(study_url, headers=gateway.auth())
+    assert raw.status_code == 200 and raw.headers["content-type"].startswith("multipart/related")
+    assert all(raw.content.count(data) == 1 for data in sent.values())
+
+    single = httpx.get(study_url, headers={**gateway.auth(), "Accept": "application/dicom"})
+    assert single.status_code == 406
+    assert httpx.get(study_url, headers=gateway.auth(KEY_BETA)).status_code == 404
+    assert httpx.get(f"{gateway.url}/dicomweb/studies/1.2.3.999", headers=gateway.auth()).status_code == 404
+
+
 def test_parts_without_headers_and_long_boundary(gateway: Gateway) -> None:
     uids, datasets = series(2)
     boundary = "O" * 73  # Orthanc's boundary length; dcm4che and others send up to 100
@@ -169,6 +192,41 @@ def test_truncated_last_part_fails_alone(gateway: Gateway) -> None:
     body = response.json()
     assert len(referenced(body)) == 1
     assert reasons(body) == [FailureReason.TRUNCATED_PART]
+
+
+@pytest.mark.parametrize(
+    "tail",
+    [b"\r\n--" + BOUNDARY.encode() + b"\r\nContent-Type: applic", b"\r\n--" + BOUNDARY.encode() + b"\r\n"],
+    ids=["inside-the-next-part-s-headers", "right-after-a-boundary"],
+)
+def test_a_body_cut_after_a_complete_part_is_not_all_stored(gateway: Gateway, tail: bytes) -> None:
+    """The first part is whole; the body then ends where a further part or the closing boundary should be.
+    That is not "all stored" (200): the missing remainder is reported as a truncated part (202)."""
+    _, (ds,) = series(1)
+    whole = multipart([synthetic.to_bytes(ds)])
+    cut = whole[: whole.rindex(b"\r\n--" + BOUNDARY.encode())] + tail
+    response = httpx.post(
+        f"{gateway.url}/dicomweb/studies", content=cut, headers={**gateway.auth(), "Content-Type": stow_ct()}
+    )
+    assert response.status_code == 202
+    body = response.json()
+    assert len(referenced(body)) == 1
+    assert reasons(body) == [FailureReason.TRUNCATED_PART]
+
+
+def test_a_malformed_attribute_fails_its_part_alone(gateway: Gateway) -> None:
+    """Modality (0008,0060) re-encoded with VR FD and 3 bytes: pydicom fails on reading the value, and
+    that part alone is 0xC000, while the other part of the request is stored."""
+    _, (good, bad) = series(2)
+    raw = synthetic.to_bytes(bad)
+    element = b"\x08\x00\x60\x00CS\x02\x00CT"
+    assert raw.count(element) == 1
+    broken = raw.replace(element, b"\x08\x00\x60\x00FD\x03\x00CT\x00")
+    response = stow(gateway.url, gateway.auth(), [synthetic.to_bytes(good), broken])
+    assert response.status_code == 202
+    body = response.json()
+    assert len(referenced(body)) == 1
+    assert reasons(body) == [FailureReason.CANNOT_UNDERSTAND]
 
 
 def stow_ct() -> str:
@@ -278,6 +336,12 @@ def test_wado_media_types(gateway: Gateway) -> None:
     assert data in multi.content
     assert pydicom.dcmread(io.BytesIO(single.content)).SOPInstanceUID == ds.SOPInstanceUID
     assert httpx.get(url, headers={**gateway.auth(), "Accept": "image/png"}).status_code == 406
+    stored_syntax = {**gateway.auth(), "Accept": "application/dicom; transfer-syntax=1.2.840.10008.1.2.1"}
+    named = httpx.get(url, headers=stored_syntax)
+    assert named.status_code == 200 and named.content == data
+    assert named.headers["content-type"] == "application/dicom; transfer-syntax=1.2.840.10008.1.2.1"
+    jpeg = {**gateway.auth(), "Accept": "application/dicom; transfer-syntax=1.2.840.10008.1.2.4.50"}
+    assert httpx.get(url, headers=jpeg).status_code == 406  # returned as stored, never transcoded
     assert httpx.get(url.replace(ds.SOPInstanceUID, "1.2.3"), headers=gateway.auth()).status_code == 404
     assert httpx.get(url.replace(ds.SOPInstanceUID, "not-a-uid"), headers=gateway.auth()).status_code == 422
 
