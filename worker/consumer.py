@@ -30,7 +30,7 @@ import json
 import logging
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from radstream import keys
@@ -46,6 +46,7 @@ from worker.inference.spec import ModelSpec
 from worker.inference.types import InstanceOutput
 from worker.pipeline import outputs as output_codec
 from worker.pipeline import prepared as prepared_codec
+from worker.pipeline.errors import DecodeFailed
 
 log = logging.getLogger("radstream.worker")
 
@@ -80,12 +81,14 @@ class Job:
     request_id: str
     model: str
     images: list[tuple[str, int, int]]  # sop, rows, cols
+    undecoded: list[str] = field(default_factory=list)  # why PrepareTensors could not decode an instance
 
     @classmethod
     def parse(cls, body: str) -> Job:
         try:
             data = json.loads(body)
             images = [(str(s), int(r), int(c)) for batch in data["prepared"] for s, r, c in batch["prepared"]]
+            undecoded = [str(f.get("reason", "")) for batch in data["prepared"] for f in batch.get("failed", [])]
             return cls(
                 token=str(data["task_token"]),
                 tenant=str(data["tenant"]),
@@ -93,6 +96,7 @@ class Job:
                 request_id=str(data["request_id"]),
                 model=str(data["model"]),
                 images=images,
+                undecoded=undecoded,
             )
         except (ValueError, KeyError, TypeError) as exc:
             raise InvalidMessage(f"not a RunInference message: {type(exc).__name__}: {exc}") from exc
@@ -221,6 +225,11 @@ class InferenceWorker:
             # answered before and the delete failed, or the execution gave up: nothing left to do
             log.info("study %s: task already closed (%s); dropping the redelivered message", job.study, closed)
             await self._delete(receipt)
+            return
+        if not job.images:  # every batch of PrepareTensors failed to decode all of its instances
+            first = job.undecoded[0] if job.undecoded else "no instance was prepared"
+            reason = f"none of {len(job.undecoded)} instances could be decoded: {first}"
+            await self._finish(receipt, job.token, error=(DecodeFailed.__name__, reason), job=job)
             return
         started = time.perf_counter()
         try:

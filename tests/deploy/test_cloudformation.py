@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -523,3 +524,28 @@ def test_every_file_the_templates_reference_exists() -> None:
     for path in (TEMPLATE, BOOTSTRAP, *STATEMACHINES):
         assert Path(path).is_file()
     assert (ROOT / "docs" / "deploy.md").is_file()
+
+
+def test_each_lambda_state_outlasts_its_function(template: dict[str, Any]) -> None:
+    """A Task state that timed out at the same moment as its Lambda could send the study to MarkFailed
+    (status failed) while the function still ran on and wrote `completed`. Each state's TimeoutSeconds is
+    longer than its function's Timeout, so the function's own timeout is what the state sees."""
+    definition = json.loads(next(p for p in STATEMACHINES if p.name == "pipeline.asl.json").read_text())
+    machine = next(iter(resources_of(template, "AWS::StepFunctions::StateMachine").values()))
+    substitutions = machine["Properties"]["DefinitionSubstitutions"]
+
+    def tasks(states: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
+        for name, state in states.items():
+            if state.get("Type") == "Map":
+                yield from tasks(state["ItemProcessor"]["States"])
+            elif state.get("Type") == "Task" and state["Resource"] == "arn:aws:states:::lambda:invoke":
+                yield name, state
+
+    checked = []
+    for name, state in tasks(definition["States"]):
+        variable = state["Parameters"]["FunctionName"].strip("${}")
+        function = substitutions[variable]["Fn::GetAtt"][0]
+        timeout = template["Resources"][function]["Properties"]["Timeout"]
+        assert state["TimeoutSeconds"] > timeout, f"{name}: state {state['TimeoutSeconds']} s, function {timeout} s"
+        checked.append(name)
+    assert sorted(checked) == ["MarkFailed", "Prepare", "StoreResults", "ValidateMetadata"]

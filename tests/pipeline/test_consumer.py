@@ -305,3 +305,18 @@ async def test_the_first_failed_image_cancels_the_others(spec: ModelSpec) -> Non
         await asyncio.sleep(0)
     assert h.work.fetches == fetched  # and nothing starts after the answer
     assert h.images.puts == []
+
+
+async def test_a_study_of_which_nothing_could_be_decoded_fails_with_decode_failed(spec: ModelSpec) -> None:
+    h = Harness(spec)
+    body = json.loads(message(0)["Body"])
+    body["prepared"] = [
+        {"prepared": [], "failed": [{"sop": "1.2.3.1", "reason": "NotImplementedError: JPEG 2000 decoder"}]},
+        {"prepared": [], "failed": [{"sop": "1.2.3.2", "reason": "PreprocessError: no pixel data"}]},
+    ]
+    worker = h.worker()
+    await asyncio.wait_for(worker._handle({**message(0), "Body": json.dumps(body)}), GUARD_S)
+    assert h.sfn.failures == [
+        ("DecodeFailed", "none of 2 instances could be decoded: NotImplementedError: JPEG 2000 decoder")
+    ]
+    assert h.sfn.successes == [] and h.sqs.deleted == ["receipt"] and worker.completed == 0

@@ -141,3 +141,34 @@ async def test_prepare_refuses_an_instance_that_does_not_match_its_manifest(stac
             await prepare.run(ctx, {**event, "indices": [0]})
     listing = s3.list_objects_v2(Bucket=stack.settings.images_bucket, Prefix=f"work/alpha/{uids.study}/")
     assert listing["KeyCount"] == 0  # nothing prepared from bytes that failed the check
+
+
+async def test_prepare_reports_an_undecodable_instance_and_goes_on(stack: Stack) -> None:
+    """A batch whose only instance cannot be decoded returns it as failed, with the reason, and does not
+    raise: whether the study fails is decided over all batches (the worker answers DecodeFailed when none
+    prepared anything)."""
+    uids = synthetic.StudyUids.new()
+    ds = synthetic.ct_slice(uids, 0, rows=64, cols=64)
+    ds.PixelData = ds.PixelData[:100]  # 100 bytes where 64 x 64 x 2 are declared
+    data = synthetic.to_bytes(ds)
+    s3 = stack.client("s3")
+    s3.put_object(
+        Bucket=stack.settings.images_bucket,
+        Key=keys.instance_key("alpha", uids.study, uids.series, ds.SOPInstanceUID),
+        Body=data,
+    )
+    manifest_key = stack.write_manifest(
+        uids.study,
+        uids.series,
+        "20260101T000000-undecodable1",
+        sop=ds.SOPInstanceUID,
+        sop_class_uid=CTImageStorage,
+        size=len(data),
+        sha256=hashlib.sha256(data).hexdigest(),
+    )
+    event = {"tenant": "alpha", "study": uids.study, "model": "lesion_detector", "manifest_key": manifest_key}
+    async with stage_context(stack.settings) as ctx:
+        result = await prepare.run(ctx, {**event, "indices": [0]})
+    assert result["prepared"] == []
+    assert [f["sop"] for f in result["failed"]] == [ds.SOPInstanceUID]
+    assert result["failed"][0]["reason"]

@@ -20,7 +20,8 @@ class InstanceMissing(TransientError):
 
 
 class DecodeFailed(PipelineError):
-    """Pixel data could not be decoded or preprocessed for the model."""
+    """No instance of the study could be decoded or preprocessed for the model (the worker answers the
+    inference task with this name when every batch of PrepareTensors came back empty)."""
 
 
 class InferenceUnavailable(PipelineError):

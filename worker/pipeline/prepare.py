@@ -1,5 +1,9 @@
 """PrepareTensors: check each instance against its manifest checksum, decode its pixels, and write one
-prepared object per instance: the model-ready tensor and the pixel-free header."""
+prepared object per instance: the model-ready tensor and the pixel-free header.
+
+An instance that cannot be decoded is returned as failed, with the reason, and its batch goes on: the
+study fails (DecodeFailed, answered by the worker) only when no batch prepared anything, so one series in
+an unsupported encoding does not fail the others."""
 
 from __future__ import annotations
 
@@ -18,7 +22,7 @@ from worker.inference.spec import ModelSpec
 from worker.pipeline import prepared as prepared_codec
 from worker.pipeline.common import instance_access, read_manifest, timed
 from worker.pipeline.context import StageContext
-from worker.pipeline.errors import DecodeFailed, ManifestInvalid
+from worker.pipeline.errors import ManifestInvalid
 from worker.pipeline.validate import specs_in
 
 
@@ -65,8 +69,6 @@ async def run(ctx: StageContext, event: dict[str, Any]) -> dict[str, Any]:
             key = keys.prepared_key(tenant, study, inst.sop_instance_uid)
             await ctx.images.put_bytes(key, encoded, content_type="application/octet-stream")
             prepared.append([inst.sop_instance_uid, shape[0], shape[1]])
-        if not prepared and failed:
-            raise DecodeFailed(f"none of {len(failed)} instances could be decoded: {failed[0]['reason']}")
     await ctx.telemetry.emit(
         TelemetryEvent(
             stage="prepare", tenant=tenant, study_uid=study, duration_ms=t.ms, model=model, instances=len(prepared)
