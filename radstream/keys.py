@@ -8,7 +8,9 @@ Images bucket:
     work/{tenant}/{study}/{sop}.prepared.npz            model-ready tensor and pixel-free header
     work/{tenant}/{study}/outputs/{request_id}.npz        raw outputs of one execution, with the headers
 Results bucket:
-    results/{tenant}/{study}/result.json | report.sr.dcm | mask.seg.dcm
+    results/{tenant}/{study}/result.json                the study's results; names the DICOM objects below
+    results/{tenant}/{study}/runs/{id}/report.sr.dcm    the SR of one build of the results
+    results/{tenant}/{study}/runs/{id}/seg-{n}.dcm      its Segmentations
 """
 
 from __future__ import annotations

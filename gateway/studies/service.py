@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from gateway.services import Services
 from radstream import keys
 from radstream.errors import NotFound
@@ -24,6 +26,14 @@ async def result_json(services: Services, tenant: str, study: str) -> bytes:
 
 
 async def result_sr(services: Services, tenant: str, study: str) -> bytes:
+    """The SR that result.json names (each build of the results writes its own; result.json, written
+    last, says which one belongs with it). Results written before result.json named its objects have
+    the SR under a fixed key."""
+    document = json.loads(await result_json(services, tenant, study))
+    reports = document.get("structured_reports") or [] if isinstance(document, dict) else []
+    key = reports[0].get("key") if reports and isinstance(reports[0], dict) else None
+    if isinstance(key, str) and key.startswith(keys.result_key(tenant, study, "")):
+        return await services.results.get_bytes(key)
     return await _result(services, tenant, study, RESULT_SR)
 
 

@@ -172,3 +172,52 @@ async def test_prepare_reports_an_undecodable_instance_and_goes_on(stack: Stack)
     assert result["prepared"] == []
     assert [f["sop"] for f in result["failed"]] == [ds.SOPInstanceUID]
     assert result["failed"][0]["reason"]
+
+
+async def test_results_written_last_from_stale_outputs_are_rebuilt_and_name_their_own_sr(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two executions of one study (two STOW requests). A lists the outputs (only its own); B's outputs are
+    written and B's StoreResults completes; then A writes its results, last. A must notice B's outputs and
+    rebuild, so the study's results hold both instances; and result.json must name an SR that exists and
+    is the one it describes."""
+    uids = synthetic.StudyUids.new()
+    slices = [synthetic.ct_slice(uids, i, rows=64, cols=64) for i in range(2)]
+    outputs = [_output(str(ds.SOPInstanceUID), 0.2) for ds in slices]
+    outputs_a, outputs_b = (
+        output_codec.encode([out], [synthetic.to_bytes(ds)]) for out, ds in zip(outputs, slices, strict=True)
+    )
+    event = {"tenant": "alpha", "study": uids.study, "model": "lesion_detector", "skipped": 0, "prepared": []}
+    s3 = stack.client("s3")
+    bucket = stack.settings.images_bucket
+    s3.put_object(
+        Bucket=bucket, Key=keys.outputs_key("alpha", uids.study, "20260101T000000-aaaaaaaaaaaa"), Body=outputs_a
+    )
+
+    async with stage_context(stack.settings) as ctx:
+        await ctx.status.record_received("alpha", uids.study)
+        original_put = type(ctx.results).put_bytes
+        interleaved: list[str] = []
+
+        async def put_bytes(self: object, key: str, body: bytes, *, content_type: str) -> None:
+            if key.endswith("/result.json") and not interleaved:  # A's first result.json, about to be written
+                interleaved.append(key)
+                s3.put_object(
+                    Bucket=bucket,
+                    Key=keys.outputs_key("alpha", uids.study, "20260101T000001-bbbbbbbbbbbb"),
+                    Body=outputs_b,
+                )
+                await store.run(ctx, {**event, "action": "infer", "request_id": "20260101T000001-bbbbbbbbbbbb"})
+            await original_put(self, key, body, content_type=content_type)
+
+        monkeypatch.setattr(type(ctx.results), "put_bytes", put_bytes)
+        await store.run(ctx, {**event, "action": "infer", "request_id": "20260101T000000-aaaaaaaaaaaa"})
+
+        document = json.loads(await ctx.results.get_bytes(keys.result_key("alpha", uids.study, "result.json")))
+        assert sorted(i["sop_instance_uid"] for i in document["instances"]) == sorted(
+            o.sop_instance_uid for o in outputs
+        )
+        (report,) = document["structured_reports"]
+        sr = pydicom.dcmread(io.BytesIO(await ctx.results.get_bytes(report["key"])))
+        assert sr.SOPInstanceUID == report["sop_instance_uid"]
+    assert interleaved  # the interleaving happened

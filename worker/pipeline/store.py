@@ -22,6 +22,7 @@ from worker.results import build_result_document, build_segs, build_sr, dataset_
 
 RESULT_JSON = "result.json"
 RESULT_SR = "report.sr.dcm"
+MAX_RESULT_BUILDS = 5
 NO_MODEL_DETAIL = "no model for this input"
 
 
@@ -30,14 +31,30 @@ def _build(
     outputs: list[InstanceOutput],
     threshold: float,
     not_analysed: list[tuple[str, str]],
-) -> tuple[bytes, bytes, list[bytes]]:
-    """(result JSON, SR bytes, SEG bytes); CPU-bound, runs in a thread."""
+    run_prefix: str,
+) -> tuple[bytes, tuple[str, bytes], list[tuple[str, bytes]]]:
+    """(result JSON, (SR key, bytes), [(SEG key, bytes)]); CPU-bound, runs in a thread. The DICOM objects go
+    under ``run_prefix``, and the document names their keys."""
     sr = build_sr(headers, outputs, threshold=threshold)
     segs = build_segs(headers, outputs, threshold)
     document = build_result_document(
         headers, outputs, threshold, structured_report=sr, segmentations=segs, not_analysed=not_analysed
     )
-    return document.model_dump_json().encode(), dataset_to_bytes(sr), [dataset_to_bytes(s) for s in segs]
+    sr_key = f"{run_prefix}/{RESULT_SR}"
+    seg_keys = [f"{run_prefix}/seg-{i}.dcm" for i in range(len(segs))]
+    document = document.model_copy(
+        update={
+            "structured_reports": tuple(r.model_copy(update={"key": sr_key}) for r in document.structured_reports),
+            "segmentations": tuple(
+                r.model_copy(update={"key": k}) for r, k in zip(document.segmentations, seg_keys, strict=True)
+            ),
+        }
+    )
+    return (
+        document.model_dump_json().encode(),
+        (sr_key, dataset_to_bytes(sr)),
+        [(k, dataset_to_bytes(s)) for k, s in zip(seg_keys, segs, strict=True)],
+    )
 
 
 async def _not_analysed(ctx: StageContext, event: dict[str, Any], analysed: set[str]) -> list[tuple[str, str]]:
@@ -58,14 +75,51 @@ async def _not_analysed(ctx: StageContext, event: dict[str, Any], analysed: set[
     return missing
 
 
-async def _study_outputs(ctx: StageContext, tenant: str, study: str) -> list[tuple[InstanceOutput, bytes]]:
+async def _outputs_keys(ctx: StageContext, tenant: str, study: str) -> list[str]:
+    return sorted(await ctx.images.list_keys(keys.outputs_prefix(tenant, study)))
+
+
+async def _study_outputs(ctx: StageContext, output_keys: list[str]) -> list[tuple[InstanceOutput, bytes]]:
     """Outputs, with their source headers, of every execution of this study so far (one study may arrive in
     several requests); the latest output per instance."""
     by_sop: dict[str, tuple[InstanceOutput, bytes]] = {}
-    for key in sorted(await ctx.images.list_keys(keys.outputs_prefix(tenant, study))):
+    for key in output_keys:
         for out, header in output_codec.decode(await ctx.images.get_bytes(key)):
             by_sop[out.sop_instance_uid] = (out, header)
     return list(by_sop.values())
+
+
+async def _write_results(ctx: StageContext, event: dict[str, Any], tenant: str, study: str, model: str) -> None:
+    """Build and write the study's results from every execution's outputs, until they include every output
+    written meanwhile.
+
+    Executions of one study (several STOW requests) run concurrently. One that listed the outputs before
+    another's were written could finish writing after that other one and leave results without its
+    instances; so after writing, the outputs are listed again, and the results rebuilt if there are new
+    ones. Any output written after that listing belongs to an execution whose own StoreResults starts later
+    and covers it. The SR and SEGs of each build go under a prefix of their own and result.json, written
+    last, names them: whatever two builds interleave, result.json and the objects it names belong together.
+    """
+    spec = next(s for s in specs_in(ctx.settings.model_repository) if s.name == model)
+    result_key = keys.result_key(tenant, study, RESULT_JSON)
+    output_keys = await _outputs_keys(ctx, tenant, study)
+    for _ in range(MAX_RESULT_BUILDS):
+        pairs = await _study_outputs(ctx, output_keys)
+        outputs = [output for output, _ in pairs]
+        headers: list[pydicom.Dataset] = [pydicom.dcmread(io.BytesIO(raw), force=True) for _, raw in pairs]
+        not_analysed = await _not_analysed(ctx, event, {o.sop_instance_uid for o in outputs})
+        run_prefix = keys.result_key(tenant, study, f"runs/{keys.new_request_id()}")
+        document, (sr_key, sr), segs = await asyncio.to_thread(
+            _build, headers, outputs, spec.outputs.labels.threshold, not_analysed, run_prefix
+        )
+        await ctx.results.put_bytes(sr_key, sr, content_type="application/dicom")
+        for seg_key, seg in segs:
+            await ctx.results.put_bytes(seg_key, seg, content_type="application/dicom")
+        await ctx.results.put_bytes(result_key, document, content_type="application/json")
+        latest = await _outputs_keys(ctx, tenant, study)
+        if latest == output_keys:
+            return
+        output_keys = latest
 
 
 async def run(ctx: StageContext, event: dict[str, Any]) -> dict[str, Any]:
@@ -80,20 +134,7 @@ async def run(ctx: StageContext, event: dict[str, Any]) -> dict[str, Any]:
             model = None
         else:
             model = event["model"]
-            spec = next(s for s in specs_in(ctx.settings.model_repository) if s.name == model)
-            pairs = await _study_outputs(ctx, tenant, study)
-            outputs = [output for output, _ in pairs]
-            headers: list[pydicom.Dataset] = [pydicom.dcmread(io.BytesIO(raw), force=True) for _, raw in pairs]
-            not_analysed = await _not_analysed(ctx, event, {o.sop_instance_uid for o in outputs})
-            document, sr, segs = await asyncio.to_thread(
-                _build, headers, outputs, spec.outputs.labels.threshold, not_analysed
-            )
-            await ctx.results.put_bytes(keys.result_key(tenant, study, RESULT_SR), sr, content_type="application/dicom")
-            for i, seg in enumerate(segs):
-                await ctx.results.put_bytes(
-                    keys.result_key(tenant, study, f"seg-{i}.dcm"), seg, content_type="application/dicom"
-                )
-            await ctx.results.put_bytes(result_key, document, content_type="application/json")
+            await _write_results(ctx, event, tenant, study, model)
         await ctx.status.set_state(
             tenant,
             study,

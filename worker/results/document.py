@@ -82,6 +82,7 @@ class DicomObjectReference(_Frozen):
     series_instance_uid: DicomUid
     sop_instance_uid: DicomUid
     sop_class_uid: DicomUid
+    key: str | None = Field(None, description="where the object is in the results bucket (added in 1.0's life)")
 
 
 class NotAnalysed(_Frozen):
