@@ -332,7 +332,7 @@ def test_each_stage_role_grants_what_its_code_does(template: dict[str, Any]) -> 
 def test_eks_roles_grant_what_the_gateway_and_worker_do(template: dict[str, Any]) -> None:
     assert s3_grants(template, "GatewayRole") == {
         (action, f"ImagesBucket/{prefix}/*")
-        for action in ("s3:PutObject", "s3:GetObject", "s3:DeleteObject")
+        for action in ("s3:PutObject", "s3:GetObject")  # no DeleteObject: nothing the gateway stores is removed
         for prefix in ("instances", "manifests")
     } | {
         ("s3:ListBucket", "ImagesBucket"),  # listing a study; HeadBucket for /readyz
