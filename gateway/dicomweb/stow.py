@@ -151,13 +151,30 @@ class _Spool:
 
 
 class _RecordedKeys:
-    """The instance keys that a study's manifests list, read at most once per request and only when asked."""
+    """What this request learnt of the study's manifests, each asked once per request: whether the request
+    that created an object wrote its manifest (usually one creator for a whole re-sent study), and, only
+    when one did not, the instance keys that the study's manifests list."""
 
     def __init__(self, images: ObjectStore, tenant: str) -> None:
         self._images = images
         self._tenant = tenant
         self._by_study: dict[str, set[str]] = {}
+        self._creators: dict[tuple[str, str], asyncio.Task[bool]] = {}  # shared by the parts asking at once
         self._lock = asyncio.Lock()
+
+    async def creator_recorded(self, study: str, creator: str) -> bool:
+        lookup = self._creators.get((study, creator))
+        if lookup is None:
+            lookup = asyncio.ensure_future(self._manifest_exists(keys.manifest_key(self._tenant, study, creator)))
+            self._creators[(study, creator)] = lookup
+        return await asyncio.shield(lookup)  # one part cancelled does not cancel the others' answer
+
+    async def _manifest_exists(self, key: str) -> bool:
+        try:
+            await self._images.head(key)
+        except NotFound:
+            return False
+        return True
 
     async def contains(self, study: str, key: str) -> bool:
         async with self._lock:
@@ -363,21 +380,19 @@ class StowService:
     ) -> bool:
         """Whether identical bytes already stored are in no manifest: left by a request that failed (or is
         still in flight) and not listed by a re-send since. Then this request lists them in its manifest.
-        The creator's manifest answers the common case with one HEAD; only when it is missing are the
-        study's manifests read (once per request). Objects without a creator (written before creators were
-        recorded) count as recorded."""
+        The creator's manifest answers the common case with one HEAD per creator and request; only when
+        it is missing are the study's manifests read (once per request). Objects without a creator
+        (written before creators were recorded) count as recorded."""
         creator = existing.request_id if existing is not None else None
         if creator is None or not keys.is_request_id(creator):
             return False
+        if await recorded.creator_recorded(header.study_instance_uid, creator):
+            return False
         try:
-            await self._images.head(keys.manifest_key(tenant, header.study_instance_uid, creator))
-        except NotFound:
-            try:
-                return not await recorded.contains(header.study_instance_uid, key)
-            except Exception as exc:  # cannot tell: list it again (processed twice at worst, never lost)
-                log.warning("manifests of %s not read: %s", header.study_instance_uid, exc)
-                return True
-        return False
+            return not await recorded.contains(header.study_instance_uid, key)
+        except Exception as exc:  # cannot tell: list it again (processed twice at worst, never lost)
+            log.warning("manifests of %s not read: %s", header.study_instance_uid, exc)
+            return True
 
     async def _commit(self, tenant: str, request_id: str, outcome: StowOutcome) -> None:
         """Record the study and write the manifest for what this request newly stored or adopted."""

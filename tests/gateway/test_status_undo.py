@@ -245,3 +245,27 @@ async def test_any_other_failure_while_recording_cleans_up_the_same_way(
         await _store(breaking, uids, 0)
     assert await parts["status"].get(TENANT, uids.study, instances=0, series=0) is None
     assert await parts["images"].list_keys(_manifests(uids)) == []
+
+
+class _CountingHeads(ObjectStore):
+    def __init__(self, client: Any, bucket: str) -> None:
+        super().__init__(client, bucket)
+        self.heads: list[str] = []
+
+    async def head(self, key: str) -> Any:
+        self.heads.append(key)
+        return await super().head(key)
+
+
+async def test_a_resent_study_looks_up_its_creator_s_manifest_once(settings: Settings, parts: dict[str, Any]) -> None:
+    uids = synthetic.StudyUids.new()
+    body = multipart([synthetic.to_bytes(synthetic.ct_slice(uids, i, rows=32, cols=32)) for i in range(6)])
+    first = await _store(parts["working"], uids, 0, body)
+    assert all(s.created for s in first.stored) and len(first.stored) == 6
+    counting = _CountingHeads(parts["images"]._s3, settings.images_bucket)
+    resend = StowService(
+        settings, counting, parts["status"], Metrics(), BufferedTelemetry(Telemetry(None, settings.telemetry_stream))
+    )
+    again = await _store(resend, uids, 0, body)
+    assert [(s.created, s.adopted) for s in again.stored] == [(False, False)] * 6 and again.manifest_key is None
+    assert [k for k in counting.heads if k.startswith("manifests/")] == [first.manifest_key]
