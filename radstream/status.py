@@ -46,6 +46,11 @@ def translate(exc: Exception, what: str) -> Exception:
     return translate_storage_error(exc, what)
 
 
+def _error_code(exc: Exception) -> str:
+    response = getattr(exc, "response", None)
+    return str(response.get("Error", {}).get("Code", "")) if isinstance(response, dict) else ""
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -151,16 +156,52 @@ class StatusStore:
             if value is not None:
                 values[f":{field}"] = {"S": value}
                 sets.append(f"{field} = :{field}")
+        key = {"pk": {"S": tenant}, "sk": {"S": study}}
         try:
             await self._ddb.update_item(
                 TableName=self.table,
-                Key={"pk": {"S": tenant}, "sk": {"S": study}},
+                Key=key,
                 UpdateExpression="SET " + ", ".join(sets),
                 ConditionExpression="attribute_exists(pk)",
                 ExpressionAttributeNames=names,
                 ExpressionAttributeValues=values,
             )
+            return
         except Exception as exc:
+            if _error_code(exc) != "ConditionalCheckFailedException":
+                raise translate(exc, "UpdateItem") from exc
+        # No row: a STOW request whose manifest started this execution had its `received` row removed by
+        # another request's undo (that one failed while this one was still recording). The row is created
+        # here, unless one appeared meanwhile (then the first form applies).
+        created = [s for s in sets if not s.startswith("stage_times_ms.")]
+        created.append("created_at = if_not_exists(created_at, :now)")
+        created.append("stage_times_ms = :stages")
+        values[":stages"] = {
+            "M": {stage: {"N": f"{stage_ms:.3f}"}} if stage is not None and stage_ms is not None else {}
+        }
+        names.pop("#stage", None)
+        values.pop(":ms", None)
+        try:
+            await self._ddb.update_item(
+                TableName=self.table,
+                Key=key,
+                UpdateExpression="SET " + ", ".join(created),
+                ConditionExpression="attribute_not_exists(pk)",
+                ExpressionAttributeNames=names,
+                ExpressionAttributeValues=values,
+            )
+        except Exception as exc:
+            if _error_code(exc) == "ConditionalCheckFailedException":
+                return await self.set_state(
+                    tenant,
+                    study,
+                    state,
+                    stage=stage,
+                    stage_ms=stage_ms,
+                    result_location=result_location,
+                    failure_reason=failure_reason,
+                    model=model,
+                )
             raise translate(exc, "UpdateItem") from exc
 
     async def get(self, tenant: str, study: str, *, instances: int, series: int) -> StudyStatus | None:

@@ -159,22 +159,24 @@ class _RecordedKeys:
         self._images = images
         self._tenant = tenant
         self._by_study: dict[str, set[str]] = {}
-        self._creators: dict[tuple[str, str], asyncio.Task[bool]] = {}  # shared by the parts asking at once
+        self._creators: dict[tuple[str, str], asyncio.Future[frozenset[str]]] = {}  # shared by parts asking at once
         self._lock = asyncio.Lock()
 
-    async def creator_recorded(self, study: str, creator: str) -> bool:
+    async def listed_by_creator(self, study: str, creator: str, key: str) -> bool:
+        """Whether the creator's manifest lists ``key`` (it may exist without it: the creator's write of
+        that part reached S3 but failed for the creator, which answered 0xA700 and listed the rest)."""
         lookup = self._creators.get((study, creator))
         if lookup is None:
-            lookup = asyncio.ensure_future(self._manifest_exists(keys.manifest_key(self._tenant, study, creator)))
+            lookup = asyncio.ensure_future(self._manifest_keys(keys.manifest_key(self._tenant, study, creator)))
             self._creators[(study, creator)] = lookup
-        return await asyncio.shield(lookup)  # one part cancelled does not cancel the others' answer
+        return key in await asyncio.shield(lookup)  # one part cancelled does not cancel the others' answer
 
-    async def _manifest_exists(self, key: str) -> bool:
+    async def _manifest_keys(self, manifest_key: str) -> frozenset[str]:
         try:
-            await self._images.head(key)
+            manifest = Manifest.model_validate_json(await self._images.get_bytes(manifest_key))
         except NotFound:
-            return False
-        return True
+            return frozenset()
+        return frozenset(instance.key for instance in manifest.instances)
 
     async def contains(self, study: str, key: str) -> bool:
         async with self._lock:
@@ -380,13 +382,13 @@ class StowService:
     ) -> bool:
         """Whether identical bytes already stored are in no manifest: left by a request that failed (or is
         still in flight) and not listed by a re-send since. Then this request lists them in its manifest.
-        The creator's manifest answers the common case with one HEAD per creator and request; only when
-        it is missing are the study's manifests read (once per request). Objects without a creator
+        The creator's manifest answers the common case, read once per creator and request; only when it
+        does not list the key are the study's manifests read (once per request). Objects without a creator
         (written before creators were recorded) count as recorded."""
         creator = existing.request_id if existing is not None else None
         if creator is None or not keys.is_request_id(creator):
             return False
-        if await recorded.creator_recorded(header.study_instance_uid, creator):
+        if await recorded.listed_by_creator(header.study_instance_uid, creator, key):
             return False
         try:
             return not await recorded.contains(header.study_instance_uid, key)
@@ -396,7 +398,12 @@ class StowService:
 
     async def _commit(self, tenant: str, request_id: str, outcome: StowOutcome) -> None:
         """Record the study and write the manifest for what this request newly stored or adopted."""
-        new = [s for s in outcome.stored if s.in_manifest]
+        new: list[StoredInstance] = []
+        listed: set[str] = set()
+        for inst in outcome.stored:  # an instance sent twice in one request is listed once
+            if inst.in_manifest and inst.key not in listed:
+                listed.add(inst.key)
+                new.append(inst)
         if not new:
             return
         by_study: dict[str, list[StoredInstance]] = {}
@@ -422,15 +429,27 @@ class StowService:
             await asyncio.shield(self._undo_rows(tenant, rows))
             raise
 
+    async def _recorded_writer(self, tenant: str, study: str, row: ReceivedWrite) -> bool:
+        """Whether the request that wrote the row before ``row`` wrote its manifest."""
+        writer = str((row.previous or {}).get("received_by", {}).get("S", ""))
+        if not keys.is_request_id(writer):
+            return False
+        try:
+            await self._images.head(keys.manifest_key(tenant, study, writer))
+        except Exception:  # missing, or cannot tell: the checks that follow decide
+            return False
+        return True
+
     async def _undo_rows(self, tenant: str, rows: list[tuple[str, ReceivedWrite]]) -> None:
         for study, row in rows:  # the study is as it was: not `received` for a request that recorded nothing
             await self._undo_quietly(tenant, study, row)
 
     async def _undo_quietly(self, tenant: str, study: str, row: ReceivedWrite) -> None:
-        if row.previous_state == StudyState.RECEIVED.value:
-            # The row before was another request's `received`; if that request failed too, restoring its
-            # row would leave a study that no manifest started `received`. With no manifest of the study,
-            # no row is the truth; with some, the other request's row stands.
+        if row.previous_state == StudyState.RECEIVED.value and not await self._recorded_writer(tenant, study, row):
+            # The row before was another request's `received`, and that request's manifest is not there
+            # (yet): if it failed too, restoring its row would leave a study that no manifest started
+            # `received`. With no manifest of the study, no row is the truth; with some, the other
+            # request's row stands. (If it was only slow, its execution creates the row again.)
             try:
                 if not await self._images.list_keys(keys.study_manifest_prefix(tenant, study)):
                     row = row.without_previous()

@@ -248,6 +248,8 @@ async def test_any_other_failure_while_recording_cleans_up_the_same_way(
 
 
 class _CountingHeads(ObjectStore):
+    """Counts the manifest lookups (HEAD or GET)."""
+
     def __init__(self, client: Any, bucket: str) -> None:
         super().__init__(client, bucket)
         self.heads: list[str] = []
@@ -255,6 +257,10 @@ class _CountingHeads(ObjectStore):
     async def head(self, key: str) -> Any:
         self.heads.append(key)
         return await super().head(key)
+
+    async def get_bytes(self, key: str) -> bytes:
+        self.heads.append(key)
+        return await super().get_bytes(key)
 
 
 async def test_a_resent_study_looks_up_its_creator_s_manifest_once(settings: Settings, parts: dict[str, Any]) -> None:
@@ -269,3 +275,73 @@ async def test_a_resent_study_looks_up_its_creator_s_manifest_once(settings: Set
     again = await _store(resend, uids, 0, body)
     assert [(s.created, s.adopted) for s in again.stored] == [(False, False)] * 6 and again.manifest_key is None
     assert [k for k in counting.heads if k.startswith("manifests/")] == [first.manifest_key]
+
+
+class _StoredButReportedFailed(ObjectStore):
+    """S3 stores every part, but the answer for one key is lost (a read timeout after the write)."""
+
+    def __init__(self, client: Any, bucket: str, lost: str) -> None:
+        super().__init__(client, bucket)
+        self.lost = lost
+
+    async def put_once(self, key: str, body: Any, **kwargs: Any) -> Any:
+        result = await super().put_once(key, body, **kwargs)
+        if key.endswith(f"/{self.lost}.dcm"):
+            raise StorageUnavailable("storage unavailable during PutObject: ReadTimeoutError")
+        return result
+
+
+async def test_an_instance_stored_but_reported_failed_is_listed_by_the_resend(
+    settings: Settings, parts: dict[str, Any]
+) -> None:
+    """The creator's manifest exists but does not list the instance (its write reached S3, the answer did
+    not: 0xA700 for that part). A re-send must list it, or it would be stored, acknowledged and never
+    processed."""
+    uids = synthetic.StudyUids.new()
+    datasets = [synthetic.ct_slice(uids, i, rows=32, cols=32) for i in range(2)]
+    body = multipart([synthetic.to_bytes(ds) for ds in datasets])
+    lost = str(datasets[1].SOPInstanceUID)
+    flaky = StowService(
+        settings,
+        _StoredButReportedFailed(parts["images"]._s3, settings.images_bucket, lost),
+        parts["status"],
+        Metrics(),
+        BufferedTelemetry(Telemetry(None, settings.telemetry_stream)),
+    )
+    first = await _store(flaky, uids, 0, body)
+    assert first.http_status == 202 and [f.sop_instance_uid for f in first.failed] == [lost]
+
+    again = await _store(parts["working"], uids, 0, body)
+    assert again.http_status == 200
+    assert {s.header.sop_instance_uid: s.adopted for s in again.stored} == {
+        str(datasets[0].SOPInstanceUID): False,
+        lost: True,
+    }
+    listed = json.loads(await parts["images"].get_bytes(again.manifest_key))["instances"]
+    assert [i["sop_instance_uid"] for i in listed] == [lost]
+
+
+async def test_an_instance_sent_twice_in_one_request_is_listed_once(parts: dict[str, Any]) -> None:
+    uids = synthetic.StudyUids.new()
+    part = synthetic.to_bytes(synthetic.ct_slice(uids, 0, rows=32, cols=32))
+    outcome = await _store(parts["working"], uids, 0, multipart([part, part]))
+    assert outcome.http_status == 200 and len(outcome.stored) == 2
+    listed = json.loads(await parts["images"].get_bytes(outcome.manifest_key))["instances"]
+    assert len(listed) == 1
+
+
+async def test_a_stage_recreates_a_status_row_another_request_s_undo_removed(parts: dict[str, Any]) -> None:
+    """C wrote `received`; A wrote over it and failed; with C's manifest not yet written, A's undo removed
+    the row; then C's manifest started the pipeline, whose first status write must not fail."""
+    study = synthetic.StudyUids.new().study
+    status: StatusStore = parts["status"]
+    write = await status.record_received(TENANT, study)
+    assert await status.undo_received(TENANT, study, write)  # the row is gone
+    await status.set_state(TENANT, study, StudyState.PROCESSING, stage="validate", stage_ms=12.5, model="m")
+    row = await status.get(TENANT, study, instances=1, series=1)
+    assert row is not None and row.status is StudyState.PROCESSING
+    assert row.stage_times_ms == {"validate": 12.5} and row.model == "m" and row.created_at is not None
+    await status.set_state(TENANT, study, StudyState.COMPLETED, stage="store", stage_ms=3.0)  # the usual path
+    row = await status.get(TENANT, study, instances=1, series=1)
+    assert row is not None and row.status is StudyState.COMPLETED
+    assert row.stage_times_ms == {"validate": 12.5, "store": 3.0}

@@ -19,7 +19,7 @@ from worker.pipeline import outputs as output_codec
 from worker.pipeline import prepare, start, store, validate
 from worker.pipeline import prepared as prepared_codec
 from worker.pipeline.context import stage_context
-from worker.pipeline.errors import ManifestInvalid
+from worker.pipeline.errors import ManifestInvalid, TransientError
 
 
 def test_execution_name_is_deterministic_and_valid() -> None:
@@ -174,13 +174,15 @@ async def test_prepare_reports_an_undecodable_instance_and_goes_on(stack: Stack)
     assert result["failed"][0]["reason"]
 
 
+@pytest.mark.parametrize("builds", [5, 1])
 async def test_results_written_last_from_stale_outputs_are_rebuilt_and_name_their_own_sr(
-    stack: Stack, monkeypatch: pytest.MonkeyPatch
+    stack: Stack, monkeypatch: pytest.MonkeyPatch, builds: int
 ) -> None:
     """Two executions of one study (two STOW requests). A lists the outputs (only its own); B's outputs are
     written and B's StoreResults completes; then A writes its results, last. A must notice B's outputs and
     rebuild, so the study's results hold both instances; and result.json must name an SR that exists and
-    is the one it describes."""
+    is the one it describes. With a single build allowed, the stale build must not end the stage: it
+    raises TransientError, which Step Functions retries."""
     uids = synthetic.StudyUids.new()
     slices = [synthetic.ct_slice(uids, i, rows=64, cols=64) for i in range(2)]
     outputs = [_output(str(ds.SOPInstanceUID), 0.2) for ds in slices]
@@ -211,7 +213,14 @@ async def test_results_written_last_from_stale_outputs_are_rebuilt_and_name_thei
             await original_put(self, key, body, content_type=content_type)
 
         monkeypatch.setattr(type(ctx.results), "put_bytes", put_bytes)
-        await store.run(ctx, {**event, "action": "infer", "request_id": "20260101T000000-aaaaaaaaaaaa"})
+        monkeypatch.setattr(store, "MAX_RESULT_BUILDS", builds)
+        a_event = {**event, "action": "infer", "request_id": "20260101T000000-aaaaaaaaaaaa"}
+        if builds == 1:
+            with pytest.raises(TransientError, match="changed during 1 builds"):
+                await store.run(ctx, a_event)
+            await store.run(ctx, a_event)  # Step Functions' retry: the outputs are stable now
+        else:
+            await store.run(ctx, a_event)
 
         document = json.loads(await ctx.results.get_bytes(keys.result_key("alpha", uids.study, "result.json")))
         assert sorted(i["sop_instance_uid"] for i in document["instances"]) == sorted(

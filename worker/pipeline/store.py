@@ -17,6 +17,7 @@ from worker.inference.types import InstanceOutput
 from worker.pipeline import outputs as output_codec
 from worker.pipeline.common import read_manifest, timed
 from worker.pipeline.context import StageContext
+from worker.pipeline.errors import TransientError
 from worker.pipeline.validate import specs_in
 from worker.results import build_result_document, build_segs, build_sr, dataset_to_bytes
 
@@ -120,6 +121,9 @@ async def _write_results(ctx: StageContext, event: dict[str, Any], tenant: str, 
         if latest == output_keys:
             return
         output_keys = latest
+    # Still changing: the results just written may lack outputs whose own StoreResults has finished
+    # already, so this one must not end here. Step Functions retries it (with backoff) later.
+    raise TransientError(f"the study's outputs changed during {MAX_RESULT_BUILDS} builds of its results")
 
 
 async def run(ctx: StageContext, event: dict[str, Any]) -> dict[str, Any]:
