@@ -4,18 +4,15 @@ from __future__ import annotations
 
 import enum
 import uuid
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from botocore.exceptions import ClientError
 from pydantic import BaseModel, Field
 
-from radstream.errors import StorageUnavailable
-from radstream.storage import translate as translate_storage_error
-
-# DynamoDB's throttling answers are 400s, but what they say is "retry later", as a 503 does.
-THROTTLING_CODES = frozenset({"ProvisionedThroughputExceededException", "ThrottlingException", "RequestLimitExceeded"})
+from radstream.aws import error_code
+from radstream.storage import translate
 
 
 class StudyState(enum.StrEnum):
@@ -36,19 +33,6 @@ class StudyStatus(BaseModel):
     result_location: str | None = None
     failure_reason: str | None = None
     model: str | None = None
-
-
-def translate(exc: Exception, what: str) -> Exception:
-    """A status table error as StorageUnavailable (retry later: the table did not answer, or throttled the
-    request once the SDK's own retries were spent) or StorageError (do not retry)."""
-    if isinstance(exc, ClientError) and exc.response.get("Error", {}).get("Code") in THROTTLING_CODES:
-        return StorageUnavailable(f"storage unavailable during {what}: throttled ({exc.response['Error']['Code']})")
-    return translate_storage_error(exc, what)
-
-
-def _error_code(exc: Exception) -> str:
-    response = getattr(exc, "response", None)
-    return str(response.get("Error", {}).get("Code", "")) if isinstance(response, dict) else ""
 
 
 def utcnow() -> datetime:
@@ -116,18 +100,14 @@ class StatusStore:
             "ConditionExpression": "received_by = :token AND updated_at = :ours",
             "ExpressionAttributeValues": {":token": {"S": write.token}, ":ours": {"S": write.updated_at}},
         }
-        key = {"pk": {"S": tenant}, "sk": {"S": study}}
-        try:
-            if write.previous is None:
-                await self._ddb.delete_item(TableName=self.table, Key=key, **condition)
-            else:
-                await self._ddb.put_item(TableName=self.table, Item=write.previous, **condition)
-        except Exception as exc:
-            error = getattr(exc, "response", {}).get("Error", {}).get("Code")
-            if error == "ConditionalCheckFailedException":
-                return False
-            raise translate(exc, "DeleteItem" if write.previous is None else "PutItem") from exc
-        return True
+        if write.previous is None:
+            key = {"pk": {"S": tenant}, "sk": {"S": study}}
+            return await self._conditional(
+                "DeleteItem", self._ddb.delete_item(TableName=self.table, Key=key, **condition)
+            )
+        return await self._conditional(
+            "PutItem", self._ddb.put_item(TableName=self.table, Item=write.previous, **condition)
+        )
 
     async def set_state(
         self,
@@ -144,10 +124,6 @@ class StatusStore:
         names = {"#s": "status"}
         values: dict[str, Any] = {":state": {"S": state.value}, ":now": {"S": utcnow().isoformat()}}
         sets = ["#s = :state", "updated_at = :now"]
-        if stage is not None and stage_ms is not None:  # the map exists since record_received
-            names["#stage"] = stage
-            values[":ms"] = {"N": f"{stage_ms:.3f}"}
-            sets.append("stage_times_ms.#stage = :ms")
         for field, value in (
             ("result_location", result_location),
             ("failure_reason", failure_reason),
@@ -156,53 +132,49 @@ class StatusStore:
             if value is not None:
                 values[f":{field}"] = {"S": value}
                 sets.append(f"{field} = :{field}")
+        stage_times = {} if stage is None or stage_ms is None else {stage: {"N": f"{stage_ms:.3f}"}}
+        timed = bool(stage_times)
+        forms = (
+            # The row exists (written by record_received, with its stage map): add to it.
+            (
+                "attribute_exists(pk)",
+                [*sets, "stage_times_ms.#stage = :ms"] if timed else sets,
+                {**names, "#stage": str(stage)} if timed else names,
+                {**values, ":ms": stage_times[str(stage)]} if timed else values,
+            ),
+            # No row: a STOW request whose manifest started this execution had its `received` row removed by
+            # another request's undo (that one failed while this one was still recording). It is created
+            # here, unless one appeared meanwhile (then the first form applies).
+            (
+                "attribute_not_exists(pk)",
+                [*sets, "created_at = if_not_exists(created_at, :now)", "stage_times_ms = :stages"],
+                names,
+                {**values, ":stages": {"M": stage_times}},
+            ),
+        )
         key = {"pk": {"S": tenant}, "sk": {"S": study}}
-        try:
-            await self._ddb.update_item(
-                TableName=self.table,
-                Key=key,
-                UpdateExpression="SET " + ", ".join(sets),
-                ConditionExpression="attribute_exists(pk)",
-                ExpressionAttributeNames=names,
-                ExpressionAttributeValues=values,
-            )
-            return
-        except Exception as exc:
-            if _error_code(exc) != "ConditionalCheckFailedException":
-                raise translate(exc, "UpdateItem") from exc
-        # No row: a STOW request whose manifest started this execution had its `received` row removed by
-        # another request's undo (that one failed while this one was still recording). The row is created
-        # here, unless one appeared meanwhile (then the first form applies).
-        created = [s for s in sets if not s.startswith("stage_times_ms.")]
-        created.append("created_at = if_not_exists(created_at, :now)")
-        created.append("stage_times_ms = :stages")
-        values[":stages"] = {
-            "M": {stage: {"N": f"{stage_ms:.3f}"}} if stage is not None and stage_ms is not None else {}
-        }
-        names.pop("#stage", None)
-        values.pop(":ms", None)
-        try:
-            await self._ddb.update_item(
-                TableName=self.table,
-                Key=key,
-                UpdateExpression="SET " + ", ".join(created),
-                ConditionExpression="attribute_not_exists(pk)",
-                ExpressionAttributeNames=names,
-                ExpressionAttributeValues=values,
-            )
-        except Exception as exc:
-            if _error_code(exc) == "ConditionalCheckFailedException":
-                return await self.set_state(
-                    tenant,
-                    study,
-                    state,
-                    stage=stage,
-                    stage_ms=stage_ms,
-                    result_location=result_location,
-                    failure_reason=failure_reason,
-                    model=model,
+        while True:
+            for condition, form_sets, form_names, form_values in forms:
+                update = self._ddb.update_item(
+                    TableName=self.table,
+                    Key=key,
+                    UpdateExpression="SET " + ", ".join(form_sets),
+                    ConditionExpression=condition,
+                    ExpressionAttributeNames=form_names,
+                    ExpressionAttributeValues=form_values,
                 )
-            raise translate(exc, "UpdateItem") from exc
+                if await self._conditional("UpdateItem", update):
+                    return
+
+    async def _conditional(self, what: str, write: Awaitable[Any]) -> bool:
+        """Await a conditional write: False when its condition did not hold; other errors translated."""
+        try:
+            await write
+        except Exception as exc:
+            if error_code(exc) == "ConditionalCheckFailedException":
+                return False
+            raise translate(exc, what) from exc
+        return True
 
     async def get(self, tenant: str, study: str, *, instances: int, series: int) -> StudyStatus | None:
         try:

@@ -16,11 +16,14 @@ from typing import IO, Any
 
 from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError
 
+from radstream.aws import error_code
 from radstream.errors import NotFound, StorageUnavailable
 
 SHA256_METADATA_KEY = "sha256"
 REQUEST_METADATA_KEY = "request-id"
 _UNAVAILABLE_CODES = frozenset({"ServiceUnavailable", "SlowDown", "InternalError", "RequestTimeout", "503"})
+# DynamoDB's throttling answers are 400s, but what they say is "retry later", as a 503 does.
+THROTTLING_CODES = frozenset({"ProvisionedThroughputExceededException", "ThrottlingException", "RequestLimitExceeded"})
 
 
 class PutOutcome(enum.Enum):
@@ -51,14 +54,16 @@ def _is_unavailable(exc: Exception) -> bool:
     if isinstance(exc, (EndpointConnectionError, BotoCoreError, OSError, TimeoutError)):
         return True
     if isinstance(exc, ClientError):
-        code = str(exc.response.get("Error", {}).get("Code", ""))
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-        return code in _UNAVAILABLE_CODES or status >= 500
+        return error_code(exc) in _UNAVAILABLE_CODES | THROTTLING_CODES or status >= 500
     return False
 
 
 def translate(exc: Exception, what: str) -> Exception:
-    """Map a boto exception onto StorageUnavailable (retry later) or StorageError (do not retry)."""
+    """Map a boto exception onto StorageUnavailable (retry later: no answer, a 5xx, or throttled once the
+    SDK's own retries were spent) or StorageError (do not retry)."""
+    if error_code(exc) in THROTTLING_CODES:
+        return StorageUnavailable(f"storage unavailable during {what}: throttled ({error_code(exc)})")
     if _is_unavailable(exc):
         return StorageUnavailable(f"storage unavailable during {what}: {type(exc).__name__}")
     return StorageError(f"{what} failed: {exc}")
@@ -156,30 +161,26 @@ class ObjectStore:
         _, chunks = await self.open_stream(key)
         return b"".join([chunk async for chunk in chunks])
 
-    async def read_prefix(self, key: str, nbytes: int) -> bytes:
-        """The first ``nbytes`` of ``key`` (a ranged GET); NotFound when missing."""
+    async def _get_object(self, key: str, **extra: Any) -> dict[str, Any]:
+        """GetObject of ``key``; NotFound when missing, else translated (see :func:`translate`)."""
         try:
-            response = await self._s3.get_object(Bucket=self.bucket, Key=key, Range=f"bytes=0-{nbytes - 1}")
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+            response: dict[str, Any] = await self._s3.get_object(Bucket=self.bucket, Key=key, **extra)
+        except Exception as exc:
+            if error_code(exc) in ("NoSuchKey", "404"):
                 raise NotFound(f"object {key} not found") from exc
             raise translate(exc, "GetObject") from exc
-        except Exception as exc:
-            raise translate(exc, "GetObject") from exc
+        return response
+
+    async def read_prefix(self, key: str, nbytes: int) -> bytes:
+        """The first ``nbytes`` of ``key`` (a ranged GET); NotFound when missing."""
+        response = await self._get_object(key, Range=f"bytes=0-{nbytes - 1}")
         async with response["Body"] as body:
             data: bytes = await body.read()
         return data
 
     async def open_stream(self, key: str, chunk_bytes: int = 256 * 1024) -> tuple[int, AsyncIterator[bytes]]:
         """(size, iterator over the body) of ``key``; NotFound when missing. The body is not buffered."""
-        try:
-            response = await self._s3.get_object(Bucket=self.bucket, Key=key)
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
-                raise NotFound(f"object {key} not found") from exc
-            raise translate(exc, "GetObject") from exc
-        except Exception as exc:
-            raise translate(exc, "GetObject") from exc
+        response = await self._get_object(key)
         body = response["Body"]
 
         async def chunks() -> AsyncIterator[bytes]:

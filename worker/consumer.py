@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from radstream import keys
+from radstream.aws import error_code
 from radstream.errors import NotFound, StorageUnavailable
 from radstream.settings import Settings
 from radstream.storage import ObjectStore
@@ -107,12 +108,6 @@ def token_of(body: str) -> str | None:
         token = json.loads(body).get("task_token")
         return str(token) if token else None
     return None
-
-
-def error_code(exc: BaseException) -> str:
-    """The AWS error code of a botocore ClientError; empty for anything else."""
-    response = getattr(exc, "response", None)
-    return str(response.get("Error", {}).get("Code", "")) if isinstance(response, dict) else ""
 
 
 def describe(exc: BaseException) -> str:

@@ -29,6 +29,7 @@ from email.message import Message
 from gateway.dicomweb.multipart import MultipartError, MultipartParser, PartData, PartEnd, PartStart
 from gateway.metrics import Metrics
 from radstream import keys
+from radstream import manifest as manifest_store
 from radstream.dicom import (
     CONFLICT_REASONS,
     RESOURCE_REASONS,
@@ -173,19 +174,15 @@ class _RecordedKeys:
 
     async def _manifest_keys(self, manifest_key: str) -> frozenset[str]:
         try:
-            manifest = Manifest.model_validate_json(await self._images.get_bytes(manifest_key))
+            listed = await manifest_store.load(self._images, manifest_key)
         except NotFound:
             return frozenset()
-        return frozenset(instance.key for instance in manifest.instances)
+        return frozenset(instance.key for instance in listed.instances)
 
     async def contains(self, study: str, key: str) -> bool:
         async with self._lock:
             if study not in self._by_study:
-                listed: set[str] = set()
-                for manifest_key in await self._images.list_keys(keys.study_manifest_prefix(self._tenant, study)):
-                    manifest = Manifest.model_validate_json(await self._images.get_bytes(manifest_key))
-                    listed.update(instance.key for instance in manifest.instances)
-                self._by_study[study] = listed
+                self._by_study[study] = set(await manifest_store.recorded_keys(self._images, self._tenant, study))
         return key in self._by_study[study]
 
 

@@ -9,9 +9,8 @@ from email.message import Message
 
 import pydicom
 
-from radstream import keys
+from radstream import keys, manifest
 from radstream.errors import NotAcceptable, NotFound
-from radstream.manifest import Manifest
 from radstream.storage import ObjectStore
 
 MULTIPART = "multipart"
@@ -127,14 +126,9 @@ async def recorded_instances(images: ObjectStore, tenant: str, study: str) -> li
     """The instance keys of a study that STOW requests acknowledged: those its manifests list, in the order
     they were received. Objects a failed request left (see gateway/dicomweb/stow.py) are not among them."""
     try:
-        prefix = keys.study_manifest_prefix(tenant, study)
-    except ValueError as exc:
+        return await manifest.recorded_keys(images, tenant, study)
+    except ValueError as exc:  # not a valid tenant or study UID
         raise NotFound(str(exc)) from exc
-    seen: dict[str, None] = {}
-    for manifest_key in sorted(await images.list_keys(prefix)):
-        manifest = Manifest.model_validate_json(await images.get_bytes(manifest_key))
-        seen.update((instance.key, None) for instance in manifest.instances)
-    return list(seen)
 
 
 async def study_multipart(images: ObjectStore, instance_keys: list[str], boundary: str) -> AsyncIterator[bytes]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -11,6 +10,7 @@ from dataclasses import dataclass
 from pydantic import ValidationError
 
 from radstream import keys
+from radstream import manifest as manifest_store
 from radstream.errors import NotFound, StorageUnavailable
 from radstream.manifest import Manifest
 from worker.pipeline.context import StageContext
@@ -31,8 +31,7 @@ def instance_access(sop_instance_uid: str) -> Iterator[None]:
 async def read_manifest(ctx: StageContext, key: str) -> Manifest:
     try:
         keys.parse_manifest_key(key)
-        raw = await ctx.images.get_bytes(key)
-        return Manifest.model_validate(json.loads(raw))
+        return await manifest_store.load(ctx.images, key)
     except NotFound:
         raise
     except StorageUnavailable as exc:

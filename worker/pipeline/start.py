@@ -13,6 +13,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from radstream import keys
+from radstream.aws import error_code
 from worker.pipeline.context import StageContext
 from worker.pipeline.errors import ManifestInvalid, TransientError
 
@@ -51,7 +52,7 @@ async def run(ctx: StageContext, event: dict[str, Any]) -> dict[str, Any]:
             input=json.dumps({"bucket": bucket, "key": key}),
         )
     except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") == "ExecutionAlreadyExists":
+        if error_code(exc) == "ExecutionAlreadyExists":
             return {"execution": name, "started": False}
         raise TransientError(f"StartExecution failed: {exc}") from exc
     return {"execution": name, "started": True, "executionArn": response["executionArn"]}
