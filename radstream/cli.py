@@ -9,9 +9,11 @@ from typing import Annotated, Any
 
 import httpx
 import typer
+from botocore.exceptions import BotoCoreError, ClientError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
 from radstream.settings import get_settings
 
@@ -25,7 +27,7 @@ KeyOpt = Annotated[
 
 
 def _url(url: str | None) -> str:
-    return url or get_settings().base_url
+    return (url or get_settings().base_url).rstrip("/")
 
 
 def _api_key(api_key: str | None) -> str:
@@ -55,8 +57,14 @@ def send(
     api_key: KeyOpt = None,
     batch: Annotated[int, typer.Option(min=1, help="instances per STOW request")] = 10,
     concurrency: Annotated[int, typer.Option(min=1, help="requests in flight")] = 4,
+    retries: Annotated[
+        int, typer.Option(min=0, help="times a batch is sent again after 503/429 (Retry-After) or a lost connection")
+    ] = 3,
 ) -> None:
-    """Upload DICOM files over STOW-RS, grouped by study."""
+    """Upload DICOM files over STOW-RS, grouped by study.
+
+    Exits 0 when every DICOM file found was stored, 1 when any failed or could not be read, or when no
+    DICOM file was found."""
     from radstream.client import send as do_send
 
     key = _api_key(api_key)
@@ -81,6 +89,7 @@ def send(
                 api_key=key,
                 batch=batch,
                 concurrency=concurrency,
+                retries=retries,
                 on_progress=advance,
                 on_total=lambda total: progress.update(task, total=total),
             )
@@ -88,32 +97,58 @@ def send(
     table = Table(title="STOW-RS summary")
     table.add_column("outcome")
     table.add_column("count", justify="right")
+    table.add_row("DICOM instances found", str(report.found))
     table.add_row("stored", str(report.stored))
-    table.add_row("warnings", str(len(report.warnings)))
-    table.add_row("failed", str(len(report.failures)))
+    table.add_row("  with warnings", str(len(report.warnings)))
+    table.add_row("failed", str(report.failed))
+    table.add_row("unreadable files or folders", str(len(report.unreadable)))
     table.add_row("not DICOM (skipped)", str(len(report.skipped)))
     console.print(table)
-    for line in report.warnings:
-        console.print(f"[yellow]warning[/] {line}")
-    for line in report.failures:
-        console.print(f"[red]failed[/] {line}")
-    for line in report.skipped:
-        console.print(f"[dim]skipped[/] {line}")
+    if report.retries:
+        console.print(f"requests sent again (server busy or connection lost): {report.retries}")
+    for label, style, lines in (
+        ("warning", "yellow", report.warnings),
+        ("failed", "red", report.failures),
+        ("unreadable", "red", report.unreadable),
+        ("skipped", "dim", report.skipped),
+    ):
+        for line in lines:  # file names and server text are printed as they are, never as markup
+            console.print(Text(label, style=style) + Text(f" {line}"), soft_wrap=True, highlight=False)
+    if report.found == 0 and report.ok:
+        console.print(f"[red]no DICOM files found under {', '.join(map(str, paths))}[/]")
+        raise typer.Exit(1)
     raise typer.Exit(0 if report.ok else 1)
 
 
+def _fail(message: str) -> typer.Exit:
+    console.print(f"[red]{message}[/]", soft_wrap=True)
+    return typer.Exit(1)
+
+
 def _get(path: str, url: str | None, api_key: str | None) -> httpx.Response:
-    response = httpx.get(f"{_url(url)}{path}", headers={"Authorization": f"Bearer {_api_key(api_key)}"}, timeout=30.0)
+    base = _url(url)
+    try:
+        response = httpx.get(f"{base}{path}", headers={"Authorization": f"Bearer {_api_key(api_key)}"}, timeout=30.0)
+    except httpx.HTTPError as exc:
+        raise _fail(f"cannot reach the gateway at {base}: {type(exc).__name__}: {exc}") from None
     if response.status_code >= 400:
-        console.print(f"[red]HTTP {response.status_code}[/] {response.text}")
+        console.print(f"[red]HTTP {response.status_code}[/] {response.text}", markup=True, soft_wrap=True)
         raise typer.Exit(1)
     return response
+
+
+def _print_json(response: httpx.Response) -> None:
+    try:
+        json.loads(response.text)
+    except ValueError:
+        raise _fail(f"the gateway's answer is not JSON: {response.text[:300]!r}") from None
+    console.print_json(response.text)
 
 
 @app.command()
 def status(study_uid: str, url: UrlOpt = None, api_key: KeyOpt = None) -> None:
     """Print a study's processing status."""
-    console.print_json(_get(f"/v1/studies/{study_uid}", url, api_key).text)
+    _print_json(_get(f"/v1/studies/{study_uid}", url, api_key))
 
 
 @app.command()
@@ -124,9 +159,13 @@ def results(
     sr: Annotated[Path | None, typer.Option(help="also save the DICOM SR to this file")] = None,
 ) -> None:
     """Print a study's results (JSON); optionally save its DICOM SR."""
-    console.print_json(json.dumps(_get(f"/v1/studies/{study_uid}/results", url, api_key).json()))
+    _print_json(_get(f"/v1/studies/{study_uid}/results", url, api_key))
     if sr is not None:
-        sr.write_bytes(_get(f"/v1/studies/{study_uid}/results/sr", url, api_key).content)
+        content = _get(f"/v1/studies/{study_uid}/results/sr", url, api_key).content
+        try:
+            sr.write_bytes(content)
+        except OSError as exc:
+            raise _fail(f"cannot write the DICOM SR to {sr}: {exc.strerror or exc}") from None
         console.print(f"DICOM SR written to {sr}")
 
 
@@ -135,7 +174,13 @@ def stats() -> None:
     """Latency percentiles per stage, throughput, errors and batch sizes from the telemetry data lake."""
     from radstream.stats import local_stats
 
-    objects, results = asyncio.run(local_stats(get_settings()))
+    settings = get_settings()
+    try:
+        objects, results = asyncio.run(local_stats(settings))
+    except (BotoCoreError, ClientError) as exc:
+        raise _fail(
+            f"cannot read the data lake at {settings.aws_endpoint_url or 'AWS'} ({exc}); is `radstream up` running?"
+        ) from None
     if not results:
         console.print("no telemetry in the data lake yet (Firehose delivers about once a second locally)")
         raise typer.Exit(1)
