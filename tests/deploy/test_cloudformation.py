@@ -549,3 +549,21 @@ def test_each_lambda_state_outlasts_its_function(template: dict[str, Any]) -> No
         assert state["TimeoutSeconds"] > timeout, f"{name}: state {state['TimeoutSeconds']} s, function {timeout} s"
         checked.append(name)
     assert sorted(checked) == ["MarkFailed", "Prepare", "StoreResults", "ValidateMetadata"]
+
+
+def test_the_key_lets_step_functions_deliver_its_logs(template: dict[str, Any]) -> None:
+    """A state machine encrypted with a customer managed key and logging to CloudWatch Logs needs the log
+    delivery service to decrypt with that key (Step Functions, "Data at rest encryption"); without it the
+    pipeline's error logs are never delivered."""
+    machine = resources_of(template, "AWS::StepFunctions::StateMachine")
+    assert any(m["Properties"].get("LoggingConfiguration") for m in machine.values())
+    assert all(
+        m["Properties"]["EncryptionConfiguration"]["KmsKeyId"] == {"Fn::GetAtt": ["DataKey", "Arn"]}
+        for m in machine.values()
+    )
+    statements = template["Resources"]["DataKey"]["Properties"]["KeyPolicy"]["Statement"]
+    delivery = [s for s in statements if s.get("Principal", {}).get("Service") == "delivery.logs.amazonaws.com"]
+    assert len(delivery) == 1
+    actions = delivery[0]["Action"]
+    assert "kms:Decrypt" in ([actions] if isinstance(actions, str) else actions)
+    assert delivery[0]["Condition"]["StringEquals"]["aws:SourceAccount"] == {"Ref": "AWS::AccountId"}

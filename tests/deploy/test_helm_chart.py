@@ -181,6 +181,22 @@ def test_service_accounts_carry_irsa_roles(docs: list[dict[str, Any]]) -> None:
         assert pod["serviceAccountName"] == f"{RELEASE}-{component}"
 
 
+def test_service_accounts_are_what_the_irsa_trust_expects_for_any_project_name(tools: Tools) -> None:
+    """The stack trusts system:serviceaccount:NAMESPACE:ProjectName-COMPONENT, the release named as ProjectName;
+    a name without "radstream" in it (whose other objects are RELEASE-radstream-...) must match as well."""
+    trusts = json.dumps(load_cfn(TEMPLATE)["Resources"])
+    for release in ("acme", "radstream-prod"):
+        rendered = documents(tools.check("helm", "template", release, CHART, "--namespace", NAMESPACE, "-f", CI_VALUES))
+        accounts = by_kind(rendered, "ServiceAccount")
+        pods = [d["spec"]["template"]["spec"] for d in rendered if d["kind"] == "Deployment"]
+        for component in ("gateway", "worker", "triton"):
+            assert f"{release}-{component}" in accounts, sorted(accounts)
+            assert f"${{ProjectName}}-{component}" in trusts
+        assert sorted(p["serviceAccountName"] for p in pods) == [
+            f"{release}-{c}" for c in ("gateway", "triton", "worker")
+        ]
+
+
 def test_network_policies_open_only_the_needed_paths(docs: list[dict[str, Any]]) -> None:
     policies = by_kind(docs, "NetworkPolicy")
     deny = policies[f"{RELEASE}-default-deny"]["spec"]

@@ -38,13 +38,15 @@ app.kubernetes.io/component: {{ index . 1 }}
 app.kubernetes.io/component: {{ index . 1 }}
 {{- end -}}
 
-{{/* Service account name of a component: include "radstream.serviceAccountName" (list . "worker") */}}
+{{/* Service account name of a component: include "radstream.serviceAccountName" (list . "worker").
+     RELEASE-COMPONENT whatever the release is called: the IRSA trust of the CloudFormation stack expects
+     system:serviceaccount:NAMESPACE:ProjectName-COMPONENT, with the release named as ProjectName. */}}
 {{- define "radstream.serviceAccountName" -}}
 {{- $root := index . 0 -}}
 {{- $component := index . 1 -}}
 {{- $sa := index $root.Values.serviceAccounts $component -}}
 {{- if $sa.create -}}
-{{- default (printf "%s-%s" (include "radstream.fullname" $root) $component) $sa.name -}}
+{{- default (printf "%s-%s" $root.Release.Name $component | trunc 63 | trimSuffix "-") $sa.name -}}
 {{- else -}}
 {{- default "default" $sa.name -}}
 {{- end -}}
