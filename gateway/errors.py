@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -9,7 +10,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
+from radstream.aws import error_code
 from radstream.errors import RadStreamError
+from radstream.storage import StorageError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_RETRY_AFTER_S = 5
 
 _DESCRIPTIONS = {
     400: "Bad request: the body or a parameter is not understood",
@@ -19,7 +26,8 @@ _DESCRIPTIONS = {
     409: "No instance stored: every part conflicts with what is stored or with the request",
     413: "The request body is larger than the configured limit",
     415: 'Unsupported media type: send multipart/related; type="application/dicom"',
-    422: "A path or query parameter is invalid",
+    500: "The object store or the status table refused the request (permissions, a missing bucket or table): "
+    "an operator must look at the gateway's log",
     503: "Storage is unavailable or the gateway is at capacity; retry after Retry-After seconds",
 }
 
@@ -30,9 +38,9 @@ class ErrorBody(BaseModel):
 
 
 def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI ``responses`` entries for the error codes a route can return."""
+    """OpenAPI ``responses`` entries for the error codes a route can return, and 500 (storage refused)."""
     out: dict[int | str, dict[str, Any]] = {}
-    for code in codes:
+    for code in sorted({*codes, 500}):
         entry: dict[str, Any] = {"model": ErrorBody, "description": _DESCRIPTIONS[code]}
         if code == 503:
             entry["headers"] = {"Retry-After": {"schema": {"type": "integer"}, "description": "seconds"}}
@@ -40,21 +48,42 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     return out
 
 
+def _retry_after(request: Request) -> str:
+    services = getattr(request.state, "services", None)
+    settings = getattr(services, "settings", None)
+    return str(getattr(settings, "storage_retry_after_s", DEFAULT_RETRY_AFTER_S))
+
+
 async def _radstream_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RadStreamError)
+    headers = dict(exc.headers or {})
+    if exc.status_code == 503 and "Retry-After" not in headers:  # every 503 says when to come back
+        headers["Retry-After"] = _retry_after(request)
     return JSONResponse(
         status_code=exc.status_code,
         content={"error": exc.error, "detail": exc.detail},
-        headers=exc.headers,
+        headers=headers or None,
     )
 
 
+async def _storage_error(request: Request, exc: Exception) -> JSONResponse:
+    """Storage refused for good (AccessDenied, a missing bucket or table): not the client's fault and not
+    worth a retry. The log has the whole error; the client gets its code, no bucket or key names."""
+    assert isinstance(exc, StorageError)
+    log.error("%s %s: storage refused the request: %s", request.method, request.url.path, exc)
+    code = error_code(exc.__cause__) if exc.__cause__ is not None else ""
+    detail = "the object store or the status table refused the request" + (f" ({code})" if code else "")
+    return JSONResponse(status_code=500, content={"error": "storage_error", "detail": detail})
+
+
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    """A path or query parameter that is not valid: 400 (PS3.18 uses 400 Bad Request for invalid parameters)."""
     assert isinstance(exc, RequestValidationError)
     detail = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
-    return JSONResponse(status_code=422, content={"error": "invalid_parameter", "detail": detail})
+    return JSONResponse(status_code=400, content={"error": "invalid_parameter", "detail": detail})
 
 
 def install(app: FastAPI) -> None:
     app.add_exception_handler(RadStreamError, _radstream_error)
+    app.add_exception_handler(StorageError, _storage_error)
     app.add_exception_handler(RequestValidationError, _validation_error)

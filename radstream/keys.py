@@ -30,6 +30,11 @@ def is_uid(value: str) -> bool:
     return len(value) <= 64 and bool(_UID.match(value))
 
 
+def is_tenant(value: str) -> bool:
+    """A tenant name: 1 to 64 letters, digits, '-' or '_' (it is a segment of every key)."""
+    return bool(_TENANT.match(value))
+
+
 def _check(tenant: str, *uids: str) -> None:
     if not _TENANT.match(tenant):
         raise ValueError(f"invalid tenant {tenant!r}")
@@ -41,11 +46,6 @@ def _check(tenant: str, *uids: str) -> None:
 def instance_key(tenant: str, study: str, series: str, sop: str) -> str:
     _check(tenant, study, series, sop)
     return f"instances/{tenant}/{study}/{series}/{sop}.dcm"
-
-
-def study_prefix(tenant: str, study: str) -> str:
-    _check(tenant, study)
-    return f"instances/{tenant}/{study}/"
 
 
 def manifest_key(tenant: str, study: str, request_id: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime
 from typing import TYPE_CHECKING
 
@@ -40,10 +41,27 @@ async def load(images: ObjectStore, key: str) -> Manifest:
     return Manifest.model_validate_json(await images.get_bytes(key))
 
 
+MANIFEST_READS_IN_FLIGHT = 16
+
+
+async def recorded(images: ObjectStore, tenant: str, study: str) -> list[ManifestInstance]:
+    """The instances that the study's manifests list (each key once, in the order the requests came): what
+    STOW-RS requests were told is stored. Manifests are read concurrently (at most
+    ``MANIFEST_READS_IN_FLIGHT`` at once); objects that a failed request left are not among them."""
+    manifest_keys = sorted(await images.list_keys(keys.study_manifest_prefix(tenant, study)))
+    slots = asyncio.Semaphore(MANIFEST_READS_IN_FLIGHT)
+
+    async def read(key: str) -> Manifest:
+        async with slots:
+            return await load(images, key)
+
+    listed: dict[str, ManifestInstance] = {}
+    for manifest in await asyncio.gather(*(read(key) for key in manifest_keys)):
+        for instance in manifest.instances:
+            listed.setdefault(instance.key, instance)
+    return list(listed.values())
+
+
 async def recorded_keys(images: ObjectStore, tenant: str, study: str) -> list[str]:
-    """The instance keys that the study's manifests list (each once, in the order the requests came):
-    what STOW-RS requests were told is stored."""
-    listed: dict[str, None] = {}
-    for manifest_key in sorted(await images.list_keys(keys.study_manifest_prefix(tenant, study))):
-        listed.update((instance.key, None) for instance in (await load(images, manifest_key)).instances)
-    return list(listed)
+    """The keys of :func:`recorded`."""
+    return [instance.key for instance in await recorded(images, tenant, study)]

@@ -13,6 +13,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from radstream.keys import is_tenant
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -87,11 +89,18 @@ class Settings(BaseSettings):
             item = item.strip()
             if not item:
                 continue
-            tenant, sep, key = item.partition(":")
+            tenant, sep, key = (part.strip() for part in item.partition(":"))
             if not sep or not tenant or not key:
                 raise ValueError(f"RADSTREAM_API_KEYS entry {tenant!r} is not of the form tenant:key")
+            if not is_tenant(tenant):
+                raise ValueError(
+                    f"RADSTREAM_API_KEYS: tenant {tenant!r} is not a valid tenant name (1 to 64 letters, digits, "
+                    "'-' or '_'; it is part of every storage key)"
+                )
             if self.environment == "production" and len(key) < 24:
                 raise ValueError(f"API key of tenant {tenant!r} is shorter than 24 characters")
+            if keys.get(key, tenant) != tenant:  # one key for two tenants: whose data would it open?
+                raise ValueError(f"RADSTREAM_API_KEYS: tenants {keys[key]!r} and {tenant!r} have the same API key")
             keys[key] = tenant
         return keys
 

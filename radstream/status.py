@@ -176,6 +176,14 @@ class StatusStore:
             raise translate(exc, what) from exc
         return True
 
+    async def reachable(self) -> bool:
+        """Whether the table answers a read (of a key no study has: GetItem is all the gateway may do)."""
+        try:
+            await self._ddb.get_item(TableName=self.table, Key={"pk": {"S": "-"}, "sk": {"S": "readyz"}})
+        except Exception:
+            return False
+        return True
+
     async def get(self, tenant: str, study: str, *, instances: int, series: int) -> StudyStatus | None:
         try:
             response = await self._ddb.get_item(

@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from gateway.auth import Tenant
 from gateway.dicomweb import wado
 from gateway.dicomweb.responses import DICOM_JSON, store_instances_response
-from gateway.errors import error_responses
+from gateway.errors import ErrorBody, error_responses
 from gateway.services import ServicesDep
 from radstream.errors import NotAcceptable, NotFound, ServiceBusy
 
@@ -65,11 +65,16 @@ def _store_response(status: int, description: str, example: dict[str, Any]) -> d
 _STOW_RESPONSES: dict[int | str, Any] = {
     **_store_response(200, "Every instance was stored (or was stored already with identical bytes)", _STORE_EXAMPLE),
     **_store_response(202, "Some instances stored, some failed or stored with warnings", _STORE_EXAMPLE),
-    **error_responses(401, 413, 415, 422),
+    **error_responses(401, 413, 415),
     **_store_response(400, "Nothing stored: the body could not be understood", _FAILED_EXAMPLE),
     **_store_response(409, "Nothing stored: every instance conflicts (study UID, duplicate, syntax)", _FAILED_EXAMPLE),
     **_store_response(503, "Nothing stored: storage unavailable or gateway at capacity; retry later", _FAILED_EXAMPLE),
 }
+# A request refused before any part is read (no boundary, an invalid UID in the path, every upload slot busy,
+# the manifest not written) is answered with the error body of every other route.
+for _code in (400, 503):
+    _STOW_RESPONSES[_code]["content"]["application/json"] = {"schema": ErrorBody.model_json_schema()}
+_STOW_RESPONSES[503]["headers"] = {"Retry-After": {"schema": {"type": "integer"}, "description": "seconds"}}
 _STOW_BODY = {
     "requestBody": {
         "required": True,
@@ -132,7 +137,7 @@ async def store_study_instances(request: Request, services: ServicesDep, tenant:
                 'multipart/related; type="application/dicom"': {"schema": {"type": "string", "format": "binary"}}
             },
         },
-        **error_responses(401, 404, 406, 422, 503),
+        **error_responses(400, 401, 404, 406, 503),
     },
 )
 async def retrieve_study(
@@ -166,7 +171,7 @@ async def retrieve_study(
                 "application/dicom": {"schema": {"type": "string", "format": "binary"}},
             },
         },
-        **error_responses(401, 404, 406, 422, 503),
+        **error_responses(400, 401, 404, 406, 503),
     },
 )
 async def retrieve_instance(
@@ -178,8 +183,11 @@ async def retrieve_instance(
     accept: Annotated[str | None, Header()] = None,
 ) -> StreamingResponse:
     key = wado.key_for(tenant, study, series, instance)
-    choice = await wado.negotiate(accept, lambda: wado.stored_transfer_syntax(services.images, key))
-    size, chunks = await services.images.open_stream(key)
+    try:
+        choice = await wado.negotiate(accept, lambda: wado.stored_transfer_syntax(services.images, key))
+        size, chunks = await services.images.open_stream(key)
+    except NotFound:  # the message would name the storage key
+        raise NotFound(f"instance {instance} of series {series} of study {study} not found") from None
     part_type = wado.part_content_type(choice)
     if choice.media == wado.SINGLE:
         return StreamingResponse(chunks, media_type=part_type, headers={"Content-Length": str(size)})

@@ -28,11 +28,14 @@ async def healthz() -> Health:
     responses=error_responses(503),
 )
 async def readyz(services: ServicesDep) -> Health:
-    if not await services.images.reachable():
-        raise StorageUnavailable(
-            f"bucket {services.images.bucket} is not reachable",
-            headers={"Retry-After": str(services.settings.storage_retry_after_s)},
-        )
+    """What STOW-RS needs: the images bucket and the status table (results are read only on request)."""
+    checks = (("the object store", services.images.reachable), ("the status table", services.status.reachable))
+    for what, reachable in checks:
+        if not await reachable():
+            raise StorageUnavailable(
+                f"{what} is not reachable",
+                headers={"Retry-After": str(services.settings.storage_retry_after_s)},
+            )
     return Health(status="ready")
 
 

@@ -18,7 +18,7 @@ router = APIRouter(prefix="/v1/studies", tags=["Studies"])
     "/{study}",
     summary="Processing status of a study",
     response_model=StudyStatus,
-    responses=error_responses(401, 404, 422, 503),
+    responses=error_responses(400, 401, 404, 503),
 )
 async def study_status(study: Uid, tenant: Tenant, services: ServicesDep) -> StudyStatus:
     return await service.study_status(services, tenant, study)
@@ -30,7 +30,7 @@ async def study_status(study: Uid, tenant: Tenant, services: ServicesDep) -> Stu
     response_class=Response,
     responses={
         200: {"description": "The result document", "content": {"application/json": {"schema": {"type": "object"}}}},
-        **error_responses(401, 404, 422, 503),
+        **error_responses(400, 401, 404, 503),
     },
 )
 async def study_results(study: Uid, tenant: Tenant, services: ServicesDep) -> Response:
@@ -46,7 +46,7 @@ async def study_results(study: Uid, tenant: Tenant, services: ServicesDep) -> Re
             "description": "DICOM SR (TID 1500), Part 10",
             "content": {"application/dicom": {"schema": {"type": "string", "format": "binary"}}},
         },
-        **error_responses(401, 404, 422, 503),
+        **error_responses(400, 401, 404, 503),
     },
 )
 async def study_results_sr(study: Uid, tenant: Tenant, services: ServicesDep) -> Response:

@@ -1,21 +1,21 @@
-"""Study status: state from the status table, counts from what the object store actually holds."""
+"""Study status: state from the status table, counts from the study's manifests: the instances STOW-RS
+requests were told are stored (not objects that a failed request left, which a re-send adopts)."""
 
 from __future__ import annotations
 
 import json
 
 from gateway.services import Services
-from radstream import keys
+from radstream import keys, manifest
 from radstream.errors import NotFound
 from radstream.status import StudyState, StudyStatus
 from worker.pipeline.store import NO_MODEL_DETAIL, RESULT_JSON, RESULT_SR
 
 
 async def study_status(services: Services, tenant: str, study: str) -> StudyStatus:
-    prefix = keys.study_prefix(tenant, study)
-    stored = await services.images.list_keys(prefix)
-    series = {key[len(prefix) :].split("/", 1)[0] for key in stored}
-    status = await services.status.get(tenant, study, instances=len(stored), series=len(series))
+    listed = await manifest.recorded(services.images, tenant, study)
+    series = {instance.series_instance_uid for instance in listed}
+    status = await services.status.get(tenant, study, instances=len(listed), series=len(series))
     if status is None:
         raise NotFound(f"study {study} not found")
     return status

@@ -96,6 +96,16 @@ def test_storage_down_is_503_and_nothing_claimed(small_stack: tuple[Emulator, Ga
     ready = httpx.get(f"{gw.url}/readyz")
     assert ready.status_code == 503
     assert ready.json()["error"] == "storage_unavailable"
+    uids = synthetic.StudyUids.new()
+    for path in (
+        f"/v1/studies/{uids.study}",
+        f"/v1/studies/{uids.study}/results",
+        f"/dicomweb/studies/{uids.study}",
+        f"/dicomweb/studies/{uids.study}/series/{uids.series}/instances/1.2.3",
+    ):
+        response = httpx.get(f"{gw.url}{path}", headers=gw.auth())
+        assert response.status_code == 503, path
+        assert int(response.headers["retry-after"]) > 0, path  # every 503 says when to come back
 
 
 def _vm_hwm_kb(pid: int) -> int:

@@ -339,7 +339,7 @@ def test_wado_media_types(gateway: Gateway) -> None:
     jpeg = {**gateway.auth(), "Accept": "application/dicom; transfer-syntax=1.2.840.10008.1.2.4.50"}
     assert httpx.get(url, headers=jpeg).status_code == 406  # returned as stored, never transcoded
     assert httpx.get(url.replace(ds.SOPInstanceUID, "1.2.3"), headers=gateway.auth()).status_code == 404
-    assert httpx.get(url.replace(ds.SOPInstanceUID, "not-a-uid"), headers=gateway.auth()).status_code == 422
+    assert httpx.get(url.replace(ds.SOPInstanceUID, "not-a-uid"), headers=gateway.auth()).status_code == 400
 
 
 def test_health_and_metrics(gateway: Gateway) -> None:
