@@ -10,12 +10,13 @@ from typing import Annotated, Any
 import httpx
 import typer
 from botocore.exceptions import BotoCoreError, ClientError
+from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 from rich.text import Text
 
-from radstream.settings import get_settings
+from radstream.settings import Settings, get_settings
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="RadStream: DICOMweb in, AI results out.")
 console = Console()
@@ -42,12 +43,32 @@ def _api_key(api_key: str | None) -> str:
     raise typer.BadParameter("no API key: pass --api-key, set RADSTREAM_API_KEY, or run `radstream up` first")
 
 
+def _settings() -> Settings:
+    """The settings from the environment; a clear line per invalid RADSTREAM_* variable, no traceback."""
+    try:
+        return get_settings()
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"RADSTREAM_{'_'.join(str(p) for p in error['loc']).upper()}: {error['msg']}" for error in exc.errors()
+        )
+        raise _fail(f"invalid configuration: {problems}") from None
+
+
 @app.command()
 def up() -> None:
     """Run the whole embedded stack in the foreground (Ctrl-C stops every child)."""
-    from infra.local.stack import run
+    from infra.local.stack import StackError, run
+    from infra.local.supervisor import ChildFailed
 
-    raise typer.Exit(run(get_settings()))
+    settings = _settings()
+    try:
+        code = run(settings)
+    except (StackError, ChildFailed) as exc:
+        console.print(Text("radstream up: ", style="red") + Text(str(exc)), soft_wrap=True, highlight=False)
+        raise typer.Exit(1) from None
+    except ValueError as exc:  # a setting that parses but cannot be used (a port that is not a number)
+        raise _fail(f"radstream up: invalid configuration: {exc}") from None
+    raise typer.Exit(code)
 
 
 @app.command()

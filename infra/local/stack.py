@@ -7,16 +7,20 @@ Order: AWS emulator -> provisioning (infra/) -> gateway (-> Triton -> worker). E
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
 import os
 import secrets
+import socket
 import sys
 from pathlib import Path
+from typing import IO
+from urllib.parse import urlsplit
 
 from infra.local.emulator import emulator_process_spec, http_ok, lambda_runtime_process_spec
 from infra.local.processes import SINGLE_THREADED_MATH, ProcessSpec, free_port
 from infra.local.provision import provision
-from infra.local.supervisor import StopFlag, Supervisor
+from infra.local.supervisor import Interrupted, StopFlag, Supervisor
 from infra.local.triton import triton_process_spec
 from radstream.settings import Settings, settings_env
 
@@ -24,9 +28,18 @@ log = logging.getLogger("radstream.stack")
 LOCAL_TENANT = "local"
 
 
+class StackError(RuntimeError):
+    """The stack cannot start as configured; the message says why and what to do."""
+
+
 def ensure_api_keys(settings: Settings) -> str:
-    """RADSTREAM_API_KEYS if set; otherwise a key generated once and kept in ``api_key_file``."""
+    """RADSTREAM_API_KEYS if set (checked now, not when the gateway starts last); otherwise a key generated
+    once and kept in ``api_key_file``."""
     if settings.api_keys is not None:
+        try:
+            settings.tenant_keys()
+        except ValueError as exc:
+            raise StackError(str(exc)) from None
         return settings.api_keys.get_secret_value()
     path: Path = settings.api_key_file
     if path.exists():
@@ -94,25 +107,92 @@ def isolated_settings(state_dir: Path, api_keys: str, **overrides: object) -> Se
     return Settings(**values)  # type: ignore[arg-type]
 
 
+def listening_ports(settings: Settings) -> list[tuple[str, str, int]]:
+    """(what, setting, port) of every port the stack listens on, on 127.0.0.1."""
+    emulator = urlsplit(settings.aws_endpoint_url or "")
+    triton_grpc = settings.triton_grpc_url.rpartition(":")[2]
+    ports = [
+        ("the AWS emulator", "RADSTREAM_AWS_ENDPOINT_URL", emulator.port),
+        ("the Lambda runtime", "RADSTREAM_LAMBDA_RUNTIME_PORT", settings.lambda_runtime_port),
+        ("Triton gRPC", "RADSTREAM_TRITON_GRPC_URL", int(triton_grpc) if triton_grpc.isdigit() else None),
+        ("Triton HTTP", "RADSTREAM_TRITON_HTTP_PORT", settings.triton_http_port),
+        ("Triton metrics", "RADSTREAM_TRITON_METRICS_PORT", settings.triton_metrics_port),
+        ("the gateway", "RADSTREAM_HTTP_PORT", settings.http_port),
+    ]
+    out: list[tuple[str, str, int]] = []
+    for what, setting, port in ports:
+        if port is None:
+            raise StackError(f"{setting} names no port")
+        out.append((what, setting, port))
+    return out
+
+
+def check_ports_free(settings: Settings) -> None:
+    """StackError naming the first port that another program holds (or that two settings share)."""
+    seen: dict[int, str] = {}
+    for what, setting, port in listening_ports(settings):
+        if port in seen:
+            raise StackError(f"{setting} and {seen[port]} both name port {port}")
+        seen[port] = setting
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers themselves bind
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                raise StackError(
+                    f"port {port} ({what}, {setting}) is in use by another program: is RadStream already "
+                    f"running? Stop it, or choose another port with {setting}"
+                ) from None
+
+
+def lock_state_dir(settings: Settings) -> IO[str]:
+    """Hold ``state_dir/up.lock`` while this stack runs (released when the process ends, however it ends)."""
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    path = settings.state_dir / "up.lock"
+    handle = path.open("a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise StackError(
+            f"RadStream is already running with the state folder {settings.state_dir} (pid {holder}); stop it "
+            "first, or give this one its own RADSTREAM_STATE_DIR and ports"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(str(os.getpid()))
+    handle.flush()
+    return handle
+
+
 def run(settings: Settings) -> int:
+    """The whole stack in the foreground. StackError or ChildFailed when it cannot start; 0 after a stop
+    signal, 1 when a child died."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     api_keys = ensure_api_keys(settings)
+    try:
+        lock = lock_state_dir(settings)
+    except OSError as exc:
+        raise StackError(f"the state folder {settings.state_dir} cannot be used: {exc.strerror or exc}") from None
+    check_ports_free(settings)
     env = child_env(settings, api_keys)
     stop = StopFlag()
     stop.install()
     supervisor = Supervisor()
     try:
-        supervisor.start(emulator_process_spec(settings))
+        supervisor.start(emulator_process_spec(settings), stop)
         asyncio.run(provision(settings))
         for spec in process_specs(settings, env):
             if stop():
                 return 0
-            supervisor.start(spec)
+            supervisor.start(spec, stop)
         base = f"http://{settings.http_host}:{settings.http_port}"
         where = settings.api_key_file if settings.api_keys is None else "RADSTREAM_API_KEYS"
         print(
-            f"\nRadStream is up.\n  gateway   {base}\n  API docs  {base}/docs\n"
-            f"  DICOMweb  {base}/dicomweb (STOW-RS: POST /dicomweb/studies)\n"
+            f"\nRadStream is up.\n  API docs  {base}/docs\n"
+            f"  DICOMweb  {base}/dicomweb (STOW-RS: POST {base}/dicomweb/studies)\n"
             f"  AWS emulator {settings.aws_endpoint_url}\n  API key   in {where}\n"
             f"Try: radstream send PATH --url {base}\nCtrl-C stops everything.\n",
             flush=True,
@@ -120,5 +200,8 @@ def run(settings: Settings) -> int:
         if settings.api_keys is None:
             print(f"API key: {api_keys.partition(':')[2]}", flush=True)
         return supervisor.wait(stop)
+    except Interrupted:
+        return 0
     finally:
         supervisor.stop()
+        lock.close()

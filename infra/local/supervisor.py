@@ -19,19 +19,26 @@ class ChildFailed(RuntimeError):
     pass
 
 
+class Interrupted(Exception):
+    """A stop was asked for (a signal) while a child was starting."""
+
+
 LOG_TAIL_LINES = 20
 
 
-def _log_tail(spec: ProcessSpec) -> str:
-    """The end of a child's log, for the error that says it failed (its output went to the file, not here)."""
+def _log_tail(spec: ProcessSpec, offset: int = 0) -> str:
+    """The end of what a child wrote to its log since it started (from ``offset``: the log is appended to
+    by every run), for the error that says it failed."""
     if spec.log_path is None:
         return ""
     try:
-        lines = spec.log_path.read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:]
+        with spec.log_path.open("rb") as fh:
+            fh.seek(offset)
+            lines = fh.read().decode(errors="replace").splitlines()[-LOG_TAIL_LINES:]
     except OSError:
         return ""
     if not lines:
-        return f" ({spec.log_path} is empty)"
+        return f" (nothing in {spec.log_path} from this start)"
     return f"; the end of {spec.log_path}:\n" + "\n".join(lines)
 
 
@@ -40,31 +47,50 @@ class Supervisor:
 
     def __init__(self, stop_timeout_s: float = 10.0) -> None:
         self.children: list[tuple[ProcessSpec, subprocess.Popen[bytes]]] = []
+        self._offsets: dict[int, int] = {}  # pid -> where its log stood when it started
         self._stop_timeout_s = stop_timeout_s
 
-    def start(self, spec: ProcessSpec) -> subprocess.Popen[bytes]:
+    def start(self, spec: ProcessSpec, should_stop: Callable[[], bool] | None = None) -> subprocess.Popen[bytes]:
+        """Start ``spec`` and wait until it is ready. ChildFailed when it (or a child started before it) exits
+        or it is not ready in time; Interrupted when ``should_stop`` says so meanwhile. Either way the child
+        stays among ``children``, so ``stop`` ends it."""
         log.info("starting %s: %s", spec.name, " ".join(spec.argv))
+        offset = 0
         if spec.log_path is not None:
             spec.log_path.parent.mkdir(parents=True, exist_ok=True)
             with spec.log_path.open("ab") as out:
+                offset = out.tell()
                 proc = subprocess.Popen(
                     spec.argv, env=spec.env or None, cwd=spec.cwd, start_new_session=True, stdout=out, stderr=out
                 )
         else:
             proc = subprocess.Popen(spec.argv, env=spec.env or None, cwd=spec.cwd, start_new_session=True)
         self.children.append((spec, proc))
+        self._offsets[proc.pid] = offset
         if spec.ready is not None:
             deadline = time.monotonic() + spec.ready_timeout_s
             while not spec.ready():
                 if proc.poll() is not None:
                     raise ChildFailed(
-                        f"{spec.name} exited with code {proc.returncode} before it was ready{_log_tail(spec)}"
+                        f"{spec.name} exited with code {proc.returncode} before it was ready{_log_tail(spec, offset)}"
                     )
+                self._check_earlier(proc)
+                if should_stop is not None and should_stop():
+                    raise Interrupted(f"stopped while {spec.name} was starting")
                 if time.monotonic() > deadline:
-                    raise ChildFailed(f"{spec.name} was not ready within {spec.ready_timeout_s:.0f} s{_log_tail(spec)}")
+                    raise ChildFailed(
+                        f"{spec.name} was not ready within {spec.ready_timeout_s:.0f} s{_log_tail(spec, offset)}"
+                    )
                 time.sleep(0.1)
         log.info("%s ready (pid %d)", spec.name, proc.pid)
         return proc
+
+    def _check_earlier(self, starting: subprocess.Popen[bytes]) -> None:
+        """ChildFailed naming a child started before ``starting`` that has exited meanwhile."""
+        for spec, proc in self.children:
+            if proc is not starting and proc.poll() is not None:
+                tail = _log_tail(spec, self._offsets.get(proc.pid, 0))
+                raise ChildFailed(f"{spec.name} exited with code {proc.returncode}{tail}")
 
     def wait(self, should_stop: Callable[[], bool]) -> int:
         """Block until a signal asked to stop (0), the parent went away (0), or a child died (1).
@@ -78,7 +104,8 @@ class Supervisor:
                 return 0
             for spec, proc in self.children:
                 if proc.poll() is not None:
-                    log.error("%s exited with code %s; stopping the stack", spec.name, proc.returncode)
+                    tail = _log_tail(spec, self._offsets.get(proc.pid, 0))
+                    log.error("%s exited with code %s%s\nstopping the stack", spec.name, proc.returncode, tail)
                     return 1
             time.sleep(0.2)
         return 0
@@ -97,7 +124,7 @@ class Supervisor:
 
 
 class StopFlag:
-    """Set by SIGINT/SIGTERM."""
+    """Set by SIGINT, SIGTERM and SIGHUP (the terminal closed, an SSH session lost): every child is stopped."""
 
     def __init__(self) -> None:
         self.requested = False
@@ -105,6 +132,7 @@ class StopFlag:
     def install(self) -> None:
         signal.signal(signal.SIGINT, self._handler)
         signal.signal(signal.SIGTERM, self._handler)
+        signal.signal(signal.SIGHUP, self._handler)
 
     def _handler(self, signum: int, frame: FrameType | None) -> None:
         self.requested = True

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from infra.local.provision import provision
 from radstream import synthetic
@@ -86,7 +87,10 @@ def _children(pid: int) -> list[int]:
     return out
 
 
-def test_up_runs_the_stack_and_stops_every_child(tmp_path: Path) -> None:
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+def test_up_runs_the_stack_and_stops_every_child(tmp_path: Path, stop_signal: signal.Signals) -> None:
+    """Started, used, refused a second time (same state folder; same ports), stopped by a signal (SIGHUP:
+    the terminal closed or the SSH session lost) with every child."""
     port, aws_port = free_port(), free_port()
     env = _up_env(tmp_path, port, aws_port)
     log = (tmp_path / "up.log").open("w+")
@@ -108,7 +112,18 @@ def test_up_runs_the_stack_and_stops_every_child(tmp_path: Path) -> None:
         assert stow(url, {"Authorization": f"Bearer {key}"}, [synthetic.to_bytes(ds)]).status_code == 200
         children = _children(proc.pid)
         assert len(children) >= 2  # emulator + gateway
-        proc.send_signal(signal.SIGTERM)
+
+        again = subprocess.run([RADSTREAM, "up"], env=env, capture_output=True, text=True, timeout=60)
+        assert again.returncode == 1
+        assert f"already running with the state folder {tmp_path} (pid {proc.pid})" in again.stdout
+        other_state = env | {"RADSTREAM_STATE_DIR": str(tmp_path / "other")}
+        again = subprocess.run([RADSTREAM, "up"], env=other_state, capture_output=True, text=True, timeout=60)
+        assert again.returncode == 1
+        assert "is in use by another program: is RadStream already running?" in again.stdout
+        assert "Traceback" not in again.stdout + again.stderr
+        assert _children(proc.pid) == children  # the running stack is untouched
+
+        proc.send_signal(stop_signal)
         assert proc.wait(timeout=60) == 0
         for child in children:
             assert not Path(f"/proc/{child}").exists() or "zombie" in Path(f"/proc/{child}/status").read_text()
@@ -117,6 +132,26 @@ def test_up_runs_the_stack_and_stops_every_child(tmp_path: Path) -> None:
             proc.kill()
             proc.wait()
         log.close()
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("RADSTREAM_HTTP_PORT", "abc", "invalid configuration: RADSTREAM_HTTP_PORT: Input should be a valid integer"),
+        ("RADSTREAM_API_KEYS", "justakey", "RADSTREAM_API_KEYS entry 'justakey' is not of the form tenant:key"),
+        ("RADSTREAM_TRITON_GRPC_URL", "127.0.0.1", "RADSTREAM_TRITON_GRPC_URL names no port"),
+        ("RADSTREAM_STATE_DIR", "/proc/radstream", "the state folder /proc/radstream cannot be used"),
+    ],
+)
+def test_up_refuses_a_configuration_it_cannot_run_in_one_line(
+    tmp_path: Path, variable: str, value: str, message: str
+) -> None:
+    env = _up_env(tmp_path, free_port(), free_port()) | {variable: value}
+    result = subprocess.run([RADSTREAM, "up"], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert message in result.stdout.replace("\n", " "), result.stdout
+    assert "Traceback" not in result.stdout + result.stderr
+    assert not (tmp_path / "logs").exists()  # nothing was started
 
 
 def test_up_stops_everything_when_its_parent_dies(tmp_path: Path) -> None:
