@@ -20,6 +20,7 @@ from radstream.aws import error_code
 from radstream.errors import NotFound, StorageUnavailable
 
 SHA256_METADATA_KEY = "sha256"
+TRANSFER_SYNTAX_METADATA_KEY = "transfer-syntax"  # of a DICOM instance, so WADO-RS can label it unread
 REQUEST_METADATA_KEY = "request-id"
 _UNAVAILABLE_CODES = frozenset({"ServiceUnavailable", "SlowDown", "InternalError", "RequestTimeout", "503"})
 # DynamoDB's throttling answers are 400s, but what they say is "retry later", as a 503 does.
@@ -91,6 +92,7 @@ class ObjectStore:
         size: int,
         content_type: str,
         request_id: str | None = None,
+        transfer_syntax: str | None = None,
     ) -> PutResult:
         """Write ``body`` under ``key`` unless an object is there already; never overwrite.
 
@@ -101,6 +103,8 @@ class ObjectStore:
         metadata = {SHA256_METADATA_KEY: sha256}
         if request_id is not None:
             metadata[REQUEST_METADATA_KEY] = request_id
+        if transfer_syntax is not None:
+            metadata[TRANSFER_SYNTAX_METADATA_KEY] = transfer_syntax
         try:
             await self._s3.put_object(
                 Bucket=self.bucket,
@@ -171,15 +175,15 @@ class ObjectStore:
             raise translate(exc, "GetObject") from exc
         return response
 
-    async def read_prefix(self, key: str, nbytes: int) -> bytes:
-        """The first ``nbytes`` of ``key`` (a ranged GET); NotFound when missing."""
-        response = await self._get_object(key, Range=f"bytes=0-{nbytes - 1}")
-        async with response["Body"] as body:
-            data: bytes = await body.read()
-        return data
-
     async def open_stream(self, key: str, chunk_bytes: int = 256 * 1024) -> tuple[int, AsyncIterator[bytes]]:
         """(size, iterator over the body) of ``key``; NotFound when missing. The body is not buffered."""
+        size, _, chunks = await self.open_object(key, chunk_bytes)
+        return size, chunks
+
+    async def open_object(
+        self, key: str, chunk_bytes: int = 256 * 1024
+    ) -> tuple[int, dict[str, str], AsyncIterator[bytes]]:
+        """(size, user metadata, iterator over the body) of ``key``; NotFound when missing."""
         response = await self._get_object(key)
         body = response["Body"]
 
@@ -190,7 +194,7 @@ class ObjectStore:
             finally:
                 body.close()
 
-        return int(response["ContentLength"]), chunks()
+        return int(response["ContentLength"]), dict(response.get("Metadata") or {}), chunks()
 
     async def list_keys(self, prefix: str) -> list[str]:
         keys: list[str] = []

@@ -149,12 +149,12 @@ async def retrieve_study(
             'a study is retrieved as multipart/related; type="application/dicom" (one part per instance, each '
             "as stored), without a transfer-syntax parameter or with transfer-syntax=*"
         )
-    instance_keys = await wado.recorded_instances(services.images, tenant, study)
-    if not instance_keys:
+    instances = await wado.recorded_instances(services.images, tenant, study)
+    if not instances:
         raise NotFound(f"study {study} not found")
     boundary = uuid.uuid4().hex
     return StreamingResponse(
-        wado.study_multipart(services.images, instance_keys, boundary),
+        wado.study_multipart(services.images, instances, boundary),
         media_type=f'multipart/related; type="application/dicom"; boundary={boundary}',
     )
 
@@ -184,15 +184,23 @@ async def retrieve_instance(
 ) -> StreamingResponse:
     key = wado.key_for(tenant, study, series, instance)
     try:
-        choice = await wado.negotiate(accept, lambda: wado.stored_transfer_syntax(services.images, key))
-        size, chunks = await services.images.open_stream(key)
+        stored = await wado.open_instance(services.images, key)
     except NotFound:  # the message would name the storage key
         raise NotFound(f"instance {instance} of series {series} of study {study} not found") from None
-    part_type = wado.part_content_type(choice)
+
+    async def syntax() -> str | None:
+        return stored.transfer_syntax
+
+    try:
+        choice = await wado.negotiate(accept, syntax)
+    except NotAcceptable:
+        await stored.close()
+        raise
+    part_type = wado.part_content_type(stored.transfer_syntax)
     if choice.media == wado.SINGLE:
-        return StreamingResponse(chunks, media_type=part_type, headers={"Content-Length": str(size)})
+        return StreamingResponse(stored.chunks, media_type=part_type, headers={"Content-Length": str(stored.size)})
     boundary = uuid.uuid4().hex
     return StreamingResponse(
-        wado.multipart(chunks, boundary, part_type),
+        wado.multipart(stored.chunks, boundary, part_type),
         media_type=f'multipart/related; type="application/dicom"; boundary={boundary}',
     )

@@ -343,7 +343,13 @@ class StowService:
             body = spool.file.read() if spool.size <= self._settings.spool_memory_bytes else spool.file
             try:
                 put = await self._images.put_once(
-                    key, body, sha256=digest, size=spool.size, content_type=DICOM_MEDIA_TYPE, request_id=request_id
+                    key,
+                    body,
+                    sha256=digest,
+                    size=spool.size,
+                    content_type=DICOM_MEDIA_TYPE,
+                    request_id=request_id,
+                    transfer_syntax=header.transfer_syntax_uid,
                 )
                 adopted = put.outcome is PutOutcome.IDENTICAL and await self._unrecorded(
                     tenant, key, header, put.existing, recorded

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import io
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from email.message import Message
 
@@ -11,7 +11,7 @@ import pydicom
 
 from radstream import keys, manifest
 from radstream.errors import NotAcceptable, NotFound
-from radstream.storage import ObjectStore
+from radstream.storage import TRANSFER_SYNTAX_METADATA_KEY, ObjectStore
 
 MULTIPART = "multipart"
 SINGLE = "single"
@@ -93,10 +93,12 @@ async def negotiate(accept: str | None, stored_syntax: Callable[[], Awaitable[st
     raise not_acceptable(accept)
 
 
-def part_content_type(choice: Acceptable) -> str:
-    if choice.transfer_syntax is None:
+def part_content_type(transfer_syntax: str | None) -> str:
+    """``application/dicom`` labelled with the syntax the bytes are in: without the parameter a client must
+    assume Explicit VR Little Endian (PS3.18 8.7.3.5.2), which a compressed instance is not."""
+    if transfer_syntax is None:
         return "application/dicom"
-    return f"application/dicom; transfer-syntax={choice.transfer_syntax}"
+    return f"application/dicom; transfer-syntax={transfer_syntax}"
 
 
 async def multipart(
@@ -108,12 +110,8 @@ async def multipart(
     yield f"\r\n--{boundary}--\r\n".encode()
 
 
-FILE_META_PROBE_BYTES = 16 * 1024
-
-
-async def stored_transfer_syntax(images: ObjectStore, key: str) -> str | None:
-    """The Transfer Syntax UID in the stored object's File Meta (None when it cannot be read)."""
-    head = await images.read_prefix(key, FILE_META_PROBE_BYTES)
+def transfer_syntax_of(head: bytes) -> str | None:
+    """The Transfer Syntax UID in the File Meta at the start of a Part 10 stream (None when unreadable)."""
     try:
         meta = pydicom.dcmread(io.BytesIO(head), specific_tags=["SOPInstanceUID"]).file_meta
     except Exception:  # not readable as Part 10: no transfer syntax can be promised
@@ -122,21 +120,56 @@ async def stored_transfer_syntax(images: ObjectStore, key: str) -> str | None:
     return str(syntax) if syntax else None
 
 
-async def recorded_instances(images: ObjectStore, tenant: str, study: str) -> list[str]:
-    """The instance keys of a study that STOW requests acknowledged: those its manifests list, in the order
+@dataclass
+class OpenInstance:
+    """A stored instance being read: its size, its transfer syntax, and its bytes (``chunks``). ``close``
+    releases the read when the bytes will not be sent (the response is refused after all)."""
+
+    size: int
+    transfer_syntax: str | None
+    chunks: AsyncIterator[bytes]
+    close: Callable[[], Awaitable[None]]
+
+
+async def open_instance(images: ObjectStore, key: str) -> OpenInstance:
+    """One GET: the syntax comes from the object's metadata (written by STOW-RS) or, for objects stored
+    without it, from the File Meta in the first chunk. NotFound when missing."""
+    size, metadata, body = await images.open_object(key)
+    assert isinstance(body, AsyncGenerator)
+    first = await anext(body, b"")  # started, so that closing it releases the connection
+    syntax = metadata.get(TRANSFER_SYNTAX_METADATA_KEY) or transfer_syntax_of(first)
+
+    async def chunks() -> AsyncIterator[bytes]:
+        try:
+            if first:
+                yield first
+            async for chunk in body:
+                yield chunk
+        finally:
+            await body.aclose()
+
+    return OpenInstance(size, syntax, chunks(), body.aclose)
+
+
+async def recorded_instances(images: ObjectStore, tenant: str, study: str) -> list[manifest.ManifestInstance]:
+    """The instances of a study that STOW requests acknowledged: those its manifests list, in the order
     they were received. Objects a failed request left (see gateway/dicomweb/stow.py) are not among them."""
     try:
-        return await manifest.recorded_keys(images, tenant, study)
+        return await manifest.recorded(images, tenant, study)
     except ValueError as exc:  # not a valid tenant or study UID
         raise NotFound(str(exc)) from exc
 
 
-async def study_multipart(images: ObjectStore, instance_keys: list[str], boundary: str) -> AsyncIterator[bytes]:
-    """Every instance as one part of a multipart/related body, read one at a time (memory stays flat)."""
-    for index, key in enumerate(instance_keys):
+async def study_multipart(
+    images: ObjectStore, instances: list[manifest.ManifestInstance], boundary: str
+) -> AsyncIterator[bytes]:
+    """Every instance as one part of a multipart/related body, labelled with its transfer syntax, read one
+    at a time (memory stays flat)."""
+    for index, instance in enumerate(instances):
         opening = "" if index == 0 else "\r\n"
-        yield f"{opening}--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
-        _, chunks = await images.open_stream(key)
+        part_type = part_content_type(instance.transfer_syntax_uid)
+        yield f"{opening}--{boundary}\r\nContent-Type: {part_type}\r\n\r\n".encode()
+        _, chunks = await images.open_stream(instance.key)
         async for chunk in chunks:
             yield chunk
     yield f"\r\n--{boundary}--\r\n".encode()

@@ -108,3 +108,20 @@ def test_not_ready_without_the_status_table(misconfigured: tuple[Gateway, Gatewa
     assert response.status_code == 503
     assert response.json()["detail"] == "the status table is not reachable"
     assert int(response.headers["retry-after"]) > 0
+
+
+def test_an_instance_stored_without_its_syntax_in_metadata_is_labelled_from_its_file_meta(
+    gateway: Gateway, emulator: Emulator
+) -> None:
+    """Objects written before STOW-RS recorded the transfer syntax in their metadata."""
+    uids = synthetic.StudyUids.new()
+    ds = synthetic.ct_slice(uids, 0, rows=32, cols=32)
+    data = synthetic.to_bytes(ds)
+    key = instance_key("alpha", uids.study, uids.series, ds.SOPInstanceUID)
+    emulator.client("s3").put_object(Bucket=gateway.settings.images_bucket, Key=key, Body=data)
+    url = f"{gateway.url}/dicomweb/studies/{uids.study}/series/{uids.series}/instances/{ds.SOPInstanceUID}"
+    got = httpx.get(url, headers={**gateway.auth(), "Accept": "application/dicom"})
+    assert got.status_code == 200 and got.content == data
+    assert got.headers["content-type"] == f"application/dicom; transfer-syntax={ds.file_meta.TransferSyntaxUID}"
+    refused = httpx.get(url, headers={**gateway.auth(), "Accept": "application/dicom; transfer-syntax=1.2.3"})
+    assert refused.status_code == 406

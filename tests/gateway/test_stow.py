@@ -325,11 +325,14 @@ def test_wado_media_types(gateway: Gateway) -> None:
     url = f"{gateway.url}/dicomweb/studies/{uids.study}/series/{uids.series}/instances/{ds.SOPInstanceUID}"
     single = httpx.get(url, headers={**gateway.auth(), "Accept": "application/dicom"})
     assert single.status_code == 200
-    assert single.headers["content-type"] == "application/dicom"
+    assert single.headers["content-type"] == f"application/dicom; transfer-syntax={ds.file_meta.TransferSyntaxUID}"
     assert single.content == data
     multi = httpx.get(url, headers=gateway.auth())
     assert multi.headers["content-type"].startswith('multipart/related; type="application/dicom"')
     assert data in multi.content
+    assert (
+        f"Content-Type: application/dicom; transfer-syntax={ds.file_meta.TransferSyntaxUID}".encode() in multi.content
+    )
     assert pydicom.dcmread(io.BytesIO(single.content)).SOPInstanceUID == ds.SOPInstanceUID
     assert httpx.get(url, headers={**gateway.auth(), "Accept": "image/png"}).status_code == 406
     stored_syntax = {**gateway.auth(), "Accept": "application/dicom; transfer-syntax=1.2.840.10008.1.2.1"}

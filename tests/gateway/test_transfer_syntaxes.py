@@ -1,4 +1,5 @@
-"""pydicom's bundled test files: one per transfer syntax round-trips byte-identical; none makes a 5xx."""
+"""pydicom's bundled test files: one per transfer syntax round-trips byte-identical, labelled with its syntax;
+none makes a 5xx."""
 
 from __future__ import annotations
 
@@ -63,9 +64,16 @@ def test_store_and_retrieve_byte_identical(gateway: Gateway, syntax: str) -> Non
     assert response.status_code in (200, 202), response.text
     (item,) = referenced(response.json())
     url = item["00081190"]["Value"][0]
-    got = httpx.get(url, headers={**gateway.auth("beta-key-0123456789abcdefghijk"), "Accept": "application/dicom"})
+    auth = gateway.auth("beta-key-0123456789abcdefghijk")
+    got = httpx.get(url, headers={**auth, "Accept": "application/dicom"})
     assert got.status_code == 200
     assert got.content == data
+    # Labelled with the syntax it is in (no parameter would mean Explicit VR Little Endian, PS3.18 8.7.3.5.2).
+    assert got.headers["content-type"] == f"application/dicom; transfer-syntax={syntax}"
+    study = url.split("/studies/")[1].split("/")[0]
+    whole = httpx.get(url.split("/series/")[0], headers=auth)
+    assert whole.status_code == 200 and study in url
+    assert f"Content-Type: application/dicom; transfer-syntax={syntax}\r\n".encode() in whole.content
 
 
 def test_every_bundled_file_gets_an_answer_not_a_crash(gateway: Gateway) -> None:

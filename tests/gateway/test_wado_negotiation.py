@@ -46,7 +46,8 @@ async def test_a_requested_transfer_syntax_must_be_the_stored_one() -> None:
     choice = await wado.negotiate(accept, lambda: _stored(EXPLICIT_LE, calls))
     assert choice == Acceptable(SINGLE, EXPLICIT_LE)
     assert calls == ["read"]  # the stored syntax is read once
-    assert wado.part_content_type(choice) == f"application/dicom; transfer-syntax={EXPLICIT_LE}"
+    assert wado.part_content_type(EXPLICIT_LE) == f"application/dicom; transfer-syntax={EXPLICIT_LE}"
+    assert wado.part_content_type(None) == "application/dicom"  # only when the stored syntax is unknown
 
     with pytest.raises(NotAcceptable, match="never transcoded"):
         await wado.negotiate(f"application/dicom; transfer-syntax={JPEG_BASELINE}", lambda: _stored(EXPLICIT_LE, []))
