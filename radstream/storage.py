@@ -43,6 +43,7 @@ class StoredObject:
     sha256: str | None
     content_type: str | None
     request_id: str | None = None  # the STOW request that created it (absent on objects written before)
+    transfer_syntax: str | None = None  # of a DICOM instance (absent on objects written before)
 
 
 @dataclass(frozen=True)
@@ -159,6 +160,7 @@ class ObjectStore:
             sha256=metadata.get(SHA256_METADATA_KEY),
             content_type=meta.get("ContentType"),
             request_id=metadata.get(REQUEST_METADATA_KEY),
+            transfer_syntax=metadata.get(TRANSFER_SYNTAX_METADATA_KEY),
         )
 
     async def get_bytes(self, key: str) -> bytes:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Path, Request
@@ -12,7 +13,7 @@ from gateway.auth import Tenant
 from gateway.dicomweb import wado
 from gateway.dicomweb.responses import DICOM_JSON, store_instances_response
 from gateway.errors import ErrorBody, error_responses
-from gateway.services import ServicesDep
+from gateway.services import Services, ServicesDep
 from radstream.errors import NotAcceptable, NotFound, ServiceBusy
 
 router = APIRouter(prefix="/dicomweb", tags=["DICOMweb"])
@@ -141,7 +142,11 @@ async def store_study_instances(request: Request, services: ServicesDep, tenant:
     },
 )
 async def retrieve_study(
-    services: ServicesDep, tenant: Tenant, study: Uid, accept: Annotated[str | None, Header()] = None
+    request: Request,
+    services: ServicesDep,
+    tenant: Tenant,
+    study: Uid,
+    accept: Annotated[str | None, Header()] = None,
 ) -> StreamingResponse:
     # Instances are returned as stored, possibly in different transfer syntaxes: no single one is promised.
     if not any(c.media == wado.MULTIPART and c.transfer_syntax is None for c in wado.acceptable(accept)):
@@ -153,10 +158,15 @@ async def retrieve_study(
     if not instances:
         raise NotFound(f"study {study} not found")
     boundary = uuid.uuid4().hex
-    return StreamingResponse(
-        wado.study_multipart(services.images, instances, boundary),
-        media_type=f'multipart/related; type="application/dicom"; boundary={boundary}',
-    )
+    media_type = f'multipart/related; type="application/dicom"; boundary={boundary}'
+    if request.method == "HEAD":  # what GET would answer, without reading a single instance
+        return StreamingResponse(_nothing(), media_type=media_type)
+    return StreamingResponse(wado.study_multipart(services.images, instances, boundary), media_type=media_type)
+
+
+async def _nothing() -> AsyncIterator[bytes]:
+    return
+    yield b""
 
 
 @router.get(
@@ -175,6 +185,7 @@ async def retrieve_study(
     },
 )
 async def retrieve_instance(
+    request: Request,
     services: ServicesDep,
     tenant: Tenant,
     study: Uid,
@@ -183,6 +194,8 @@ async def retrieve_instance(
     accept: Annotated[str | None, Header()] = None,
 ) -> StreamingResponse:
     key = wado.key_for(tenant, study, series, instance)
+    if request.method == "HEAD":
+        return await _head_instance(services, key, accept, f"instance {instance} of series {series} of study {study}")
     try:
         stored = await wado.open_instance(services.images, key)
     except NotFound:  # the message would name the storage key
@@ -204,3 +217,29 @@ async def retrieve_instance(
         wado.multipart(stored.chunks, boundary, part_type),
         media_type=f'multipart/related; type="application/dicom"; boundary={boundary}',
     )
+
+
+async def _head_instance(services: Services, key: str, accept: str | None, what: str) -> StreamingResponse:
+    """HEAD: GET's status and headers from the object's metadata (HeadObject), no body read."""
+    try:
+        stored = await services.images.head(key)
+    except NotFound:
+        raise NotFound(f"{what} not found") from None
+
+    async def syntax() -> str | None:
+        return stored.transfer_syntax
+
+    choice = await wado.negotiate(accept, syntax)
+    part_type = wado.part_content_type(stored.transfer_syntax)
+    if choice.media == wado.SINGLE:
+        return StreamingResponse(_nothing(), media_type=part_type, headers={"Content-Length": str(stored.size)})
+    boundary = uuid.uuid4().hex
+    return StreamingResponse(_nothing(), media_type=f'multipart/related; type="application/dicom"; boundary={boundary}')
+
+
+# HEAD wherever GET is (RFC 9110 9.3.2), out of the OpenAPI document, which describes the GETs.
+for _path, _endpoint in (
+    ("/studies/{study}", retrieve_study),
+    ("/studies/{study}/series/{series}/instances/{instance}", retrieve_instance),
+):
+    router.add_api_route(_path, _endpoint, methods=["HEAD"], include_in_schema=False)

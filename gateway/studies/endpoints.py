@@ -51,3 +51,12 @@ async def study_results(study: Uid, tenant: Tenant, services: ServicesDep) -> Re
 )
 async def study_results_sr(study: Uid, tenant: Tenant, services: ServicesDep) -> Response:
     return Response(await service.result_sr(services, tenant, study), media_type="application/dicom")
+
+
+# HEAD wherever GET is (RFC 9110 9.3.2), out of the OpenAPI document, which describes the GETs.
+for _path, _endpoint in (
+    ("/{study}", study_status),
+    ("/{study}/results", study_results),
+    ("/{study}/results/sr", study_results_sr),
+):
+    router.add_api_route(_path, _endpoint, methods=["HEAD"], include_in_schema=False)

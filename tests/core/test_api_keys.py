@@ -31,6 +31,6 @@ def test_ambiguous_or_unusable_entries_are_refused(value: str, message: str) -> 
 
 
 def test_the_refusal_never_shows_a_key() -> None:
-    with pytest.raises(ValueError) as info:
+    with pytest.raises(ValueError, match="have the same API key") as info:
         Settings(api_keys="alpha:secret-key-1,beta:secret-key-1").tenant_keys()
     assert "secret-key-1" not in str(info.value)

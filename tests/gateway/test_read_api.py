@@ -125,3 +125,30 @@ def test_an_instance_stored_without_its_syntax_in_metadata_is_labelled_from_its_
     assert got.headers["content-type"] == f"application/dicom; transfer-syntax={ds.file_meta.TransferSyntaxUID}"
     refused = httpx.get(url, headers={**gateway.auth(), "Accept": "application/dicom; transfer-syntax=1.2.3"})
     assert refused.status_code == 406
+
+
+def test_head_answers_what_get_would_without_a_body(gateway: Gateway) -> None:
+    uids = synthetic.StudyUids.new()
+    ds = synthetic.ct_slice(uids, 0, rows=32, cols=32)
+    data = synthetic.to_bytes(ds)
+    assert stow(gateway.url, gateway.auth(), [data]).status_code == 200
+    instance = f"{gateway.url}/dicomweb/studies/{uids.study}/series/{uids.series}/instances/{ds.SOPInstanceUID}"
+    single = {**gateway.auth(), "Accept": "application/dicom"}
+    got, head = httpx.get(instance, headers=single), httpx.head(instance, headers=single)
+    assert head.status_code == 200 and head.content == b""
+    assert head.headers["content-type"] == got.headers["content-type"]
+    assert head.headers["content-length"] == str(len(data))
+    assert httpx.head(instance, headers=gateway.auth()).headers["content-type"].startswith("multipart/related")
+    assert httpx.head(instance, headers={**gateway.auth(), "Accept": "image/png"}).status_code == 406
+
+    study = httpx.head(f"{gateway.url}/dicomweb/studies/{uids.study}", headers=gateway.auth())
+    assert study.status_code == 200 and study.content == b""
+    assert study.headers["content-type"].startswith('multipart/related; type="application/dicom"; boundary=')
+    status = httpx.head(f"{gateway.url}/v1/studies/{uids.study}", headers=gateway.auth())
+    assert status.status_code == 200 and status.content == b""
+    assert status.headers["content-type"] == "application/json"
+
+    missing = instance.replace(ds.SOPInstanceUID, "1.2.3.4")
+    assert httpx.head(missing, headers=gateway.auth()).status_code == 404
+    assert httpx.head(f"{gateway.url}/dicomweb/studies/1.2.3.4", headers=gateway.auth()).status_code == 404
+    assert httpx.head(instance).status_code == 401
