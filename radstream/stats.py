@@ -18,7 +18,7 @@ from radstream import aws
 from radstream.settings import PROJECT_ROOT, Settings
 
 QUERY_DIR = PROJECT_ROOT / "infra" / "athena"
-TABLE = "radstream_telemetry"
+TABLE = "telemetry"
 TELEMETRY_PREFIX = "telemetry/"
 
 
@@ -47,20 +47,22 @@ async def download_datalake(settings: Settings, target: Path) -> int:
             for obj in page.get("Contents", []):
                 body = await s3.get_object(Bucket=settings.datalake_bucket, Key=obj["Key"])
                 data = await body["Body"].read()
-                (target / f"part-{count:06d}.json").write_bytes(data)
+                # Firehose compresses with gzip in production (the key keeps no suffix that says so).
+                suffix = ".json.gz" if data[:2] == b"\x1f\x8b" else ".json"
+                (target / f"part-{count:06d}{suffix}").write_bytes(data)
                 count += 1
     return count
 
 
 def run_queries(folder: Path) -> list[QueryResult]:
     con = duckdb.connect()
-    files = sorted(folder.glob("*.json"))
+    files = sorted(folder.glob("*.json*"))
     if not files:
         return []
     paths = ", ".join(f"'{p}'" for p in files)
     con.execute(
         f"CREATE VIEW {TABLE} AS SELECT * REPLACE (CAST(ts AS TIMESTAMP) AS ts) "  # noqa: S608 - our own file paths
-        f"FROM read_json_auto([{paths}], format='newline_delimited', union_by_name=true, "
+        f"FROM read_json_auto([{paths}], format='newline_delimited', union_by_name=true, ignore_errors=true, "
         "columns={'schema_version':'VARCHAR','event_id':'VARCHAR','ts':'VARCHAR','stage':'VARCHAR',"
         "'tenant':'VARCHAR','study_uid':'VARCHAR','duration_ms':'DOUBLE','batch_size':'INTEGER',"
         "'queue_wait_ms':'DOUBLE','model':'VARCHAR','outcome':'VARCHAR','reason':'VARCHAR','instances':'INTEGER'})"

@@ -66,7 +66,7 @@ class StatusStore:
         self.table = table
 
     async def record_received(self, tenant: str, study: str, token: str | None = None) -> ReceivedWrite:
-        """Mark the study ``received``. Instance and series counts come from the object store (the truth).
+        """Mark the study ``received``. Instance and series counts come from the study's manifests.
 
         ``token`` names the writer (the STOW request's id; random when not given), so that the write can
         be undone only while it is still the latest.

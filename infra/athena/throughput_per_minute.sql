@@ -2,6 +2,7 @@
 SELECT date_trunc('minute', ts) AS minute,
        count_if(stage = 'end_to_end') AS studies_completed,
        sum(CASE WHEN stage = 'inference' THEN instances ELSE 0 END) AS images_inferred
-FROM radstream_telemetry
+FROM telemetry
+WHERE schema_version = '1'
 GROUP BY date_trunc('minute', ts)
 ORDER BY minute

@@ -258,10 +258,19 @@ def test_schema_rejects_unsafe_values(tools: Tools, override: str, message: str)
 
 @pytest.mark.parametrize(
     "override",
-    ["apiKeys.existingSecret=", "aws.imagesBucket=", "ingress.wafAclArn=", "networkPolicy.ingressCidrs=null"],
+    [
+        "apiKeys.existingSecret=",
+        "aws.imagesBucket=",
+        "ingress.wafAclArn=",
+        "networkPolicy.ingressCidrs=null",
+        "networkPolicy.ingressCidrs={}",  # empty: a peer-less "from" would admit every source
+    ],
 )
 def test_required_values_are_required(tools: Tools, override: str) -> None:
-    result = tools.run("helm", "template", RELEASE, CHART, "-f", CI_VALUES, "--set", override)
+    flag = "--set-json" if override.endswith("={}") else "--set"
+    if flag == "--set-json":
+        override = override.replace("={}", "=[]")
+    result = tools.run("helm", "template", RELEASE, CHART, "-f", CI_VALUES, flag, override)
     assert result.returncode != 0, override
     assert "required" in result.stderr or "schema" in result.stderr
 
