@@ -58,13 +58,21 @@ class Gateway:
 def start_emulator(state_dir: Path) -> Emulator:
     url = f"http://127.0.0.1:{free_port()}"
     supervisor = Supervisor()
-    supervisor.start(emulator_process_spec(Settings(aws_endpoint_url=url, state_dir=state_dir)))
+    try:
+        supervisor.start(emulator_process_spec(Settings(aws_endpoint_url=url, state_dir=state_dir)))
+    except BaseException:  # not ready: end what was started, then fail
+        supervisor.stop()
+        raise
     return Emulator(url=url, supervisor=supervisor)
 
 
 def start_gateway(settings: Settings) -> Gateway:
     supervisor = Supervisor()
-    proc = supervisor.start(gateway_process_spec(settings, child_env(settings, API_KEYS)))
+    try:
+        proc = supervisor.start(gateway_process_spec(settings, child_env(settings, API_KEYS)))
+    except BaseException:  # not ready: end what was started, then fail
+        supervisor.stop()
+        raise
     return Gateway(f"http://127.0.0.1:{settings.http_port}", proc.pid, settings, supervisor)
 
 

@@ -67,7 +67,11 @@ def start_unready_gateway(settings: Settings) -> Gateway:
     supervisor = Supervisor()
     spec = gateway_process_spec(settings, child_env(settings, API_KEYS))
     alive = f"http://127.0.0.1:{settings.http_port}/healthz"
-    proc = supervisor.start(dataclasses.replace(spec, ready=lambda: http_ok(alive)))
+    try:
+        proc = supervisor.start(dataclasses.replace(spec, ready=lambda: http_ok(alive)))
+    except BaseException:
+        supervisor.stop()
+        raise
     return Gateway(f"http://127.0.0.1:{settings.http_port}", proc.pid, settings, supervisor)
 
 
