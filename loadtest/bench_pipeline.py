@@ -158,8 +158,11 @@ async def _stage_breakdown(settings: Settings) -> dict[str, dict[str, float]]:
     latency = results.get("stage_latency")
     if latency is None:
         return {}
-    return {
-        str(row[0]): dict(zip(latency.columns[1:], [float(v) for v in row[1:]], strict=True)) for row in latency.rows
+    rows = [dict(zip(latency.columns, row, strict=True)) for row in latency.rows]
+    return {  # studies with results (outcome ok); the benchmark's single-image CT studies all have a model
+        str(row["stage"]): {k: float(v) for k, v in row.items() if k not in ("stage", "outcome")}
+        for row in rows
+        if row["outcome"] == "ok"
     }
 
 

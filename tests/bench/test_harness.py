@@ -27,6 +27,7 @@ def test_tiny_run_writes_every_output(tmp_path: Path) -> None:
     results = json.loads((tmp_path / "results.json").read_text())
     for section in SECTIONS:
         assert isinstance(results.get(section), dict), f"results.json has no {section} section"
+        assert "error" not in results[section], f"{section} failed: {results[section].get('error')}"
     report = (tmp_path / "report.md").read_text()
     assert "## Summary" in report
     assert results["machine"]["cpu_model"] in report
