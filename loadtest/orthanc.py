@@ -83,7 +83,8 @@ def orthanc_process(work: Path) -> Iterator[tuple[int, int, dict[str, Any]]]:
         notes = {
             "version": " ".join([Path(version.split()[0]).name, *version.split()[1:]]) if version else "?",
             "plugin": str(plugin),
-            "index": "SQLite index on disk; files on disk, uncompressed, fsync()ed (moto keeps objects in RAM)",
+            "index": "SQLite index on disk; files on disk, uncompressed, fsync()ed "
+            "(moto keeps objects under 1 MiB, every instance here, in RAM)",
             "config": {k: v for k, v in config.items() if k not in ("StorageDirectory", "IndexDirectory")},
         }
         yield process.pid, port, notes

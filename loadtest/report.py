@@ -40,8 +40,8 @@ def limits(section: str, cpus: int | None) -> list[str]:
             f"and Triton share {cores}. No GPU; on one, both sides and their ratio change.",
         ],
         "stow": [
-            "The emulator: moto is one Python process that keeps objects in RAM, so raw PutObject measures moto, "
-            "not S3; the gateway's efficiency is relative to that floor.",
+            "The emulator: moto is one Python process that keeps objects under 1 MiB (every instance here) in "
+            "RAM, so raw PutObject measures moto, not S3; the gateway's efficiency is relative to that floor.",
             f"{cores[0].upper()}{cores[1:]} is shared by the client, moto, the gateway and Orthanc. Orthanc "
             "writes its files and SQLite index to disk (fsync), moto does not.",
         ],
