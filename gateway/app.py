@@ -15,6 +15,7 @@ from gateway.health.endpoints import router as health_router
 from gateway.metrics import Metrics, MetricsMiddleware
 from gateway.services import build_services
 from gateway.studies.endpoints import router as studies_router
+from radstream.dicom import quiet_dicom_libraries
 from radstream.settings import Settings, get_settings
 
 DESCRIPTION = """\
@@ -28,6 +29,7 @@ tenant never sees another tenant's data (it gets 404).
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
+    quiet_dicom_libraries()
     keys = settings.tenant_keys()
     if not keys:
         raise RuntimeError("no API keys configured: set RADSTREAM_API_KEYS=tenant:key,...")

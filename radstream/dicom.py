@@ -6,17 +6,35 @@ attributes the pipeline routes on, or raises :class:`DicomPartError` carrying th
 
 from __future__ import annotations
 
+import logging
+import warnings
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import BinaryIO
 
 import pydicom
+import pydicom.config
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import AllTransferSyntaxes
 
 from radstream.keys import is_uid
 
 KNOWN_TRANSFER_SYNTAXES = frozenset(str(uid) for uid in AllTransferSyntaxes)
+
+
+def quiet_dicom_libraries() -> None:
+    """Keep element values out of this process's logs. pydicom reports an invalid value by quoting it
+    ("Invalid value for VR DA: '1961-04-07'") through its logger and Python warnings, highdicom a doubtful
+    patient name through its logger, and a birth date or a patient name would reach the logs that way.
+    Values are not validated when read (the gateway stores what it was sent; the results builders handle
+    what does not parse) and both loggers are silenced: a failure they would describe surfaces as an
+    exception, which our code reports by type and place (radstream.errors.describe)."""
+    pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+    for name in ("pydicom", "highdicom"):
+        library_log = logging.getLogger(name)
+        library_log.setLevel(logging.CRITICAL + 1)
+        library_log.propagate = False
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"(pydicom|highdicom)(\.|$)")
 
 
 class FailureReason(IntEnum):

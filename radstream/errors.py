@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import traceback
+from pathlib import Path
+
 
 class RadStreamError(Exception):
     """Base of every error RadStream raises on purpose.
@@ -63,3 +66,24 @@ class ServiceBusy(RadStreamError):
 
     status_code = 503
     error = "busy"
+
+
+def describe(exc: BaseException) -> str:
+    """Where an unexpected exception was raised, without its message: ``ValueError at
+    worker/results/seg.py:158 in build_seg``. Messages from DICOM libraries quote element values (patient
+    names, IDs, birth dates), which must not reach logs, telemetry, the status table or an execution's
+    history."""
+    stack = traceback.extract_tb(exc.__traceback__)
+    if not stack:
+        return type(exc).__name__
+    last = stack[-1]
+    parts = Path(last.filename).parts
+    if "site-packages" in parts:  # a library: its package path
+        parts = parts[parts.index("site-packages") + 1 :]
+    where = "/".join(parts[-3:])
+    return f"{type(exc).__name__} at {where}:{last.lineno} in {last.name}"
+
+
+def frames(exc: BaseException) -> str:
+    """The traceback's frames (files, lines, functions, source lines), without the exception's message."""
+    return "".join(traceback.format_list(traceback.extract_tb(exc.__traceback__)))

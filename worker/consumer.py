@@ -35,7 +35,8 @@ from typing import Any
 
 from radstream import keys
 from radstream.aws import error_code
-from radstream.errors import NotFound, StorageUnavailable
+from radstream.errors import NotFound, StorageUnavailable, frames
+from radstream.errors import describe as where
 from radstream.settings import Settings
 from radstream.storage import ObjectStore
 from radstream.telemetry import BufferedTelemetry, TelemetryEvent
@@ -191,10 +192,10 @@ class InferenceWorker:
         try:
             await self._process(message)
         except Exception as exc:
-            log.exception("unexpected %s while handling a message", type(exc).__name__)
+            log.error("unexpected %s while handling a message\n%s", where(exc), frames(exc))
             token, receipt = token_of(str(message.get("Body", ""))), message.get("ReceiptHandle")
             if token is not None and receipt is not None:
-                await self._finish(str(receipt), token, error=("InferenceFailed", describe(exc)))
+                await self._finish(str(receipt), token, error=("InferenceFailed", where(exc)))
 
     async def _process(self, message: dict[str, Any]) -> None:
         received = time.time()
@@ -248,8 +249,8 @@ class InferenceWorker:
             await self._finish(receipt, job.token, error=("InferenceFailed", describe(exc)), job=job)
             return
         except Exception as exc:  # a bug or a failure nobody foresaw: the study still learns why
-            log.exception("study %s: unexpected %s during inference", job.study, type(exc).__name__)
-            await self._finish(receipt, job.token, error=("InferenceFailed", describe(exc)), job=job)
+            log.error("study %s: unexpected %s during inference\n%s", job.study, where(exc), frames(exc))
+            await self._finish(receipt, job.token, error=("InferenceFailed", where(exc)), job=job)
             return
         duration_ms = (time.perf_counter() - started) * 1e3
         output = {"outputs_key": keys.outputs_key(job.tenant, job.study, job.request_id), "images": len(job.images)}

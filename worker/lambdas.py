@@ -13,6 +13,7 @@ clients costs tens of milliseconds each, far more than a stage's own work.
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
@@ -20,17 +21,21 @@ from typing import Any
 
 import uvloop
 
-from radstream.errors import StorageUnavailable
+from radstream.dicom import quiet_dicom_libraries
+from radstream.errors import StorageUnavailable, describe, frames
 from radstream.settings import get_settings
 from worker.pipeline import prepare, start, store, validate
 from worker.pipeline.context import StageContext, stage_context
-from worker.pipeline.errors import TransientError
+from worker.pipeline.errors import InternalError, PipelineError, TransientError
+
+log = logging.getLogger(__name__)
 
 Stage = Callable[[StageContext, dict[str, Any]], Awaitable[dict[str, Any]]]
 
 
 class _Runtime:
     def __init__(self) -> None:
+        quiet_dicom_libraries()
         self.loop = uvloop.new_event_loop()
         threading.Thread(target=self.loop.run_forever, name="lambda-runtime", daemon=True).start()
         self._stack = AsyncExitStack()
@@ -51,6 +56,11 @@ class _Runtime:
                 return await stage(await self.context(), event)
             except StorageUnavailable as exc:
                 raise TransientError(exc.detail) from exc
+            except PipelineError:
+                raise
+            except Exception as exc:  # its message may quote DICOM values: the name and place only
+                log.error("unexpected %s\n%s", describe(exc), frames(exc))
+                raise InternalError(describe(exc)) from None
 
         return asyncio.run_coroutine_threadsafe(invoke(), self.loop).result()
 

@@ -7,6 +7,7 @@ import logging
 import signal
 from contextlib import AsyncExitStack
 
+from radstream.dicom import quiet_dicom_libraries
 from radstream.settings import Settings
 from radstream.telemetry import BufferedTelemetry
 from worker.consumer import InferenceWorker
@@ -19,6 +20,7 @@ log = logging.getLogger("radstream.worker")
 
 
 async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> int:
+    quiet_dicom_libraries()
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -324,7 +324,7 @@ class StowService:
             except DicomPartError as exc:
                 return FailedInstance(exc.reason, exc.detail, exc.sop_class_uid, exc.sop_instance_uid)
             except Exception as exc:  # pydicom raises many kinds for malformed data; the part alone fails
-                log.info("part header not parsed: %s: %s", type(exc).__name__, exc)
+                log.info("part header not parsed: %s", type(exc).__name__)  # its message may quote values
                 return FailedInstance(
                     FailureReason.CANNOT_UNDERSTAND, f"the DICOM header cannot be parsed ({type(exc).__name__})"
                 )

@@ -30,3 +30,8 @@ class InferenceUnavailable(PipelineError):
 
 class InferenceFailed(PipelineError):
     """The model rejected the input or the server failed."""
+
+
+class InternalError(PipelineError):
+    """An exception the stage did not expect. Its message is left out (see :func:`describe`): messages of
+    DICOM libraries quote element values, patient names and birth dates among them."""

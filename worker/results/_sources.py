@@ -1,12 +1,16 @@
 """Pairing of source image headers with the model output for each of them."""
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from pydicom import Dataset
+from pydicom.valuerep import DA, TM
 
 from worker.inference.types import InstanceOutput
 from worker.results.errors import InconsistentInputError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -32,14 +36,40 @@ TYPE2_PATIENT_AND_STUDY = (
 )
 
 
+def _refused_by_highdicom(keyword: str, value: object) -> bool:
+    """Whether highdicom would refuse this Patient/Study value when it copies it into a derived object."""
+    if value is None or value == "":
+        return False
+    convert = _CONVERTED.get(keyword)
+    if convert is not None:
+        try:
+            convert(value)
+        except (ValueError, TypeError):
+            return True
+        return False
+    if keyword == "PatientSex":
+        return str(value) not in ("M", "F", "O")
+    return False
+
+
+_CONVERTED = {"PatientBirthDate": DA, "StudyDate": DA, "StudyTime": TM}
+
+
 def with_type2_defaults(header: Dataset) -> Dataset:
-    """``header``, or a shallow copy of it with the missing :data:`TYPE2_PATIENT_AND_STUDY` attributes empty."""
+    """``header``, or a shallow copy of it in which the :data:`TYPE2_PATIENT_AND_STUDY` attributes that are
+    missing, or whose value highdicom would refuse (a date written 1961-04-07, a PatientSex of "U"), are
+    empty. Sources carry such values; refusing them would fail the study's results. What was emptied is
+    logged by keyword, never by value."""
     missing = [keyword for keyword in TYPE2_PATIENT_AND_STUDY if keyword not in header]
-    if not missing:
+    refused = [k for k in TYPE2_PATIENT_AND_STUDY if k in header and _refused_by_highdicom(k, header[k].value)]
+    if not missing and not refused:
         return header
     copy = Dataset()
     copy.update(header)  # Dataset(header) would share the original's elements dict
-    for keyword in missing:
+    for keyword in refused:
+        log.warning("%s of a source image is not a valid value; left empty in the derived objects", keyword)
+        delattr(copy, keyword)  # the element itself is the original's: replace it, never change it
+    for keyword in missing + refused:
         setattr(copy, keyword, None)
     return copy
 
