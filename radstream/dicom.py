@@ -6,16 +6,20 @@ attributes the pipeline routes on, or raises :class:`DicomPartError` carrying th
 
 from __future__ import annotations
 
+import io
 import logging
 import warnings
+import zlib
 from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 import pydicom
 import pydicom.config
+from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
-from pydicom.uid import AllTransferSyntaxes
+from pydicom.filereader import _read_file_meta_info, read_dataset, read_partial, read_preamble
+from pydicom.uid import AllTransferSyntaxes, DeflatedExplicitVRLittleEndian
 
 from radstream.keys import is_uid
 
@@ -135,13 +139,100 @@ def _starts_with_file_meta(stream: BinaryIO) -> bool:
     return starts_with_file_meta(head)
 
 
+# Everything read_header needs is in groups 0002 to 0020, which come first; a legitimate data set holds
+# kilobytes there. Parsing stops at the first element after group 0020 and never reads more than this.
+HEADER_LIMIT_BYTES = 16 * 1024 * 1024
+# A Deflated Explicit VR Little Endian data set may inflate to at most this (a deflate bomb of 256 KiB
+# inflates to 256 MiB); it is measured as a stream, never held whole.
+MAX_INFLATED_BYTES = 512 * 1024 * 1024
+_INFLATE_CHUNK_BYTES = 1 << 16
+
+
+class _HeaderTooLarge(Exception):
+    pass
+
+
+class _Capped:
+    """A read-only view of ``stream`` that refuses to read past ``limit`` bytes from where it started."""
+
+    def __init__(self, stream: BinaryIO, limit: int) -> None:
+        self._stream = stream
+        self._end = stream.tell() + limit
+
+    def read(self, size: int = -1) -> bytes:
+        left = self._end - self._stream.tell()
+        if size < 0 or size > left:
+            data = self._stream.read(left + 1 if size < 0 else size)
+            if len(data) > left:
+                raise _HeaderTooLarge
+            return data
+        return self._stream.read(size)
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self._stream.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._stream.tell()
+
+
+def _beyond_routing_groups(tag: int, vr: str | None, length: int) -> bool:
+    return tag > 0x0020FFFF
+
+
+def _inflated_prefix(stream: BinaryIO, limit: int) -> bytes:
+    """The first ``limit`` bytes of the deflated data set that follows the File Meta, after checking, as a
+    stream, that the whole inflates to no more than :data:`MAX_INFLATED_BYTES`."""
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    prefix = bytearray()
+    total = 0
+    while not inflater.eof and (chunk := stream.read(_INFLATE_CHUNK_BYTES)):
+        while chunk and not inflater.eof:  # after the end of the deflate stream, bytes are left unread
+            out = inflater.decompress(chunk, _INFLATE_CHUNK_BYTES)
+            total += len(out)
+            if total > MAX_INFLATED_BYTES:
+                raise DicomPartError(
+                    FailureReason.CANNOT_UNDERSTAND,
+                    f"the deflated data set inflates to more than {MAX_INFLATED_BYTES} bytes",
+                )
+            if len(prefix) < limit:
+                prefix += out[: limit - len(prefix)]
+            chunk = inflater.unconsumed_tail
+    return bytes(prefix)
+
+
+def _read_routing_attributes(stream: BinaryIO) -> Dataset:
+    """The data set up to group 0020 with its File Meta, reading at most HEADER_LIMIT_BYTES of the header
+    (and, for a deflated data set, inflating it as a stream under MAX_INFLATED_BYTES)."""
+    start = stream.tell()
+    force = _starts_with_file_meta(stream)
+    capped = cast(BinaryIO, _Capped(stream, HEADER_LIMIT_BYTES))
+    read_preamble(capped, force)
+    meta = _read_file_meta_info(capped)
+    if meta.get("TransferSyntaxUID") != DeflatedExplicitVRLittleEndian:
+        stream.seek(start)
+        return read_partial(cast(BinaryIO, _Capped(stream, HEADER_LIMIT_BYTES)), _beyond_routing_groups, force=force)
+    body = io.BytesIO(_inflated_prefix(stream, HEADER_LIMIT_BYTES))
+    ds = read_dataset(body, is_implicit_VR=False, is_little_endian=True, stop_when=_beyond_routing_groups)
+    if ds and body.tell() >= HEADER_LIMIT_BYTES and body.tell() == len(body.getbuffer()):
+        raise _HeaderTooLarge
+    ds.file_meta = meta
+    return ds
+
+
 def read_header(stream: BinaryIO) -> InstanceHeader:
-    """Parse the header of a DICOM Part 10 stream without reading pixel data.
+    """Parse the header of a DICOM Part 10 stream, up to group 0020 (never the pixel data).
 
     Raises :class:`DicomPartError` with the failure reason for anything the gateway must refuse.
     """
     try:
-        ds = pydicom.dcmread(stream, stop_before_pixels=True, force=_starts_with_file_meta(stream))
+        ds = _read_routing_attributes(stream)
+    except DicomPartError:
+        raise
+    except _HeaderTooLarge as exc:
+        raise DicomPartError(
+            FailureReason.CANNOT_UNDERSTAND,
+            f"the DICOM header up to its Series Instance UID is larger than {HEADER_LIMIT_BYTES} bytes",
+        ) from exc
     except InvalidDicomError as exc:
         raise DicomPartError(FailureReason.CANNOT_UNDERSTAND, f"not a DICOM Part 10 stream: {exc}"[:200]) from exc
     except Exception as exc:  # pydicom raises many types on corrupt input

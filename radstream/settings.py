@@ -52,6 +52,8 @@ class Settings(BaseSettings):
     max_upload_bytes: int = 4 * 1024**3
     spool_memory_bytes: int = 4 * 1024**2
     stow_concurrent_puts: int = 8
+    # Parts (instances) one STOW-RS request may carry: each costs memory until the response is written.
+    stow_max_parts: int = Field(10_000, ge=1)
     max_concurrent_stow_requests: int = 64
     storage_retry_after_s: int = 5
 

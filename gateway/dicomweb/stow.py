@@ -239,6 +239,11 @@ class StowService:
                     raise BadRequest(f"malformed multipart body: {exc}") from exc
                 for event in events:
                     if isinstance(event, PartStart):
+                        if parser.parts_started > self._settings.stow_max_parts:
+                            raise PayloadTooLarge(
+                                f"the request has more than {self._settings.stow_max_parts} parts; send the study "
+                                "in several requests"
+                            )
                         spool = _Spool(self._settings.spool_memory_bytes, event.headers)
                     elif isinstance(event, PartData) and spool is not None:
                         spool.write(event.data)

@@ -14,7 +14,7 @@ from radstream import synthetic
 from radstream.dicom import FailureReason
 from radstream.keys import instance_key
 from radstream.settings import Settings
-from tests.conftest import Emulator, Gateway, make_settings, start_emulator, start_gateway
+from tests.conftest import Emulator, Gateway, free_port, make_settings, start_emulator, start_gateway
 from tests.gateway.stowhelp import BOUNDARY, CONTENT_TYPE, chunks, multipart, reasons, referenced, stow
 
 LIMIT = 300_000
@@ -150,3 +150,20 @@ def test_one_gigabyte_request_in_bounded_memory(emulator: Emulator, settings: Se
         assert head["ContentLength"] > 10_000_000
     finally:
         gw.supervisor.stop()
+
+
+@pytest.fixture(scope="module")
+def few_parts(settings: Settings) -> Iterator[Gateway]:
+    gw = start_gateway(settings.model_copy(update={"http_port": free_port(), "stow_max_parts": 3}))
+    yield gw
+    gw.supervisor.stop()
+
+
+def test_more_parts_than_allowed_is_413_and_claims_nothing(few_parts: Gateway) -> None:
+    uids = synthetic.StudyUids.new()
+    parts = [synthetic.to_bytes(synthetic.ct_slice(uids, i, rows=16, cols=16)) for i in range(4)]
+    response = stow(few_parts.url, few_parts.auth(), parts, chunked=True)
+    assert response.status_code == 413
+    assert "more than 3 parts" in response.json()["detail"]
+    assert httpx.get(f"{few_parts.url}/v1/studies/{uids.study}", headers=few_parts.auth()).status_code == 404
+    assert stow(few_parts.url, few_parts.auth(), parts[:3]).status_code == 200
