@@ -27,16 +27,16 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9-]{1,64}$")
 
 def is_uid(value: str) -> bool:
     """A DICOM UID: dot-separated digits, at most 64 characters (PS3.5 9.1)."""
-    return len(value) <= 64 and bool(_UID.match(value))
+    return len(value) <= 64 and bool(_UID.fullmatch(value))
 
 
 def is_tenant(value: str) -> bool:
     """A tenant name: 1 to 64 letters, digits, '-' or '_' (it is a segment of every key)."""
-    return bool(_TENANT.match(value))
+    return bool(_TENANT.fullmatch(value))
 
 
 def _check(tenant: str, *uids: str) -> None:
-    if not _TENANT.match(tenant):
+    if not _TENANT.fullmatch(tenant):
         raise ValueError(f"invalid tenant {tenant!r}")
     for uid in uids:
         if not is_uid(uid):
@@ -64,7 +64,7 @@ def new_request_id() -> str:
 
 
 def is_request_id(value: str) -> bool:
-    return bool(_REQUEST_ID.match(value))
+    return bool(_REQUEST_ID.fullmatch(value))
 
 
 def parse_manifest_key(key: str) -> tuple[str, str, str]:
