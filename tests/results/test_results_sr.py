@@ -6,6 +6,7 @@ from io import BytesIO
 
 import highdicom as hd
 import numpy as np
+import pydicom.config
 import pytest
 from pydicom import Dataset
 from pydicom.uid import Comprehensive3DSRStorage, generate_uid
@@ -75,8 +76,15 @@ def _equipment(header: Dataset, variant: str) -> Dataset:
     elif variant == "datetime":
         header.AcquisitionDateTime = "20260301101501.250000"
     elif variant == "invalid station name":  # longer than SH allows: the acquisition item is left out
-        with pytest.warns(UserWarning, match="exceeds the maximum length"):
-            header.StationName = "STATION-NAME-TOO-LONG"
+        # pydicom validates what is set with its reading mode, which a process running the pipeline turns
+        # off (radstream.dicom.quiet_dicom_libraries): it is set here, whatever ran before in this process.
+        mode = pydicom.config.settings.reading_validation_mode
+        pydicom.config.settings.reading_validation_mode = pydicom.config.WARN
+        try:
+            with pytest.warns(UserWarning, match="exceeds the maximum length"):
+                header.StationName = "STATION-NAME-TOO-LONG"
+        finally:
+            pydicom.config.settings.reading_validation_mode = mode
     header.ManufacturerModelName = "Scanner 9000"
     header.SoftwareVersions = ["VA10", "SP2"]
     header.DeviceSerialNumber = "SN-1"
