@@ -19,7 +19,7 @@ import pydicom.config
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.filereader import _read_file_meta_info, read_dataset, read_partial, read_preamble
-from pydicom.uid import AllTransferSyntaxes, DeflatedExplicitVRLittleEndian
+from pydicom.uid import UID, AllTransferSyntaxes, DeflatedExplicitVRLittleEndian
 
 from radstream.keys import is_uid
 
@@ -208,13 +208,18 @@ def _read_routing_attributes(stream: BinaryIO) -> Dataset:
     capped = cast(BinaryIO, _Capped(stream, HEADER_LIMIT_BYTES))
     read_preamble(capped, force)
     meta = _read_file_meta_info(capped)
-    if meta.get("TransferSyntaxUID") != DeflatedExplicitVRLittleEndian:
+    syntax = meta.get("TransferSyntaxUID")
+    if syntax == DeflatedExplicitVRLittleEndian:
+        inflated = io.BytesIO(_inflated_prefix(stream, HEADER_LIMIT_BYTES))
+        ds = read_dataset(inflated, is_implicit_VR=False, is_little_endian=True, stop_when=_beyond_routing_groups)
+        if ds and inflated.tell() >= HEADER_LIMIT_BYTES and inflated.tell() == len(inflated.getbuffer()):
+            raise _HeaderTooLarge
+    elif syntax in KNOWN_TRANSFER_SYNTAXES:  # the data set follows the File Meta just read
+        uid = UID(str(syntax))
+        ds = read_dataset(capped, uid.is_implicit_VR, uid.is_little_endian, stop_when=_beyond_routing_groups)
+    else:  # no syntax, or one pydicom does not know: pydicom's own guess at the encoding, from the start
         stream.seek(start)
         return read_partial(cast(BinaryIO, _Capped(stream, HEADER_LIMIT_BYTES)), _beyond_routing_groups, force=force)
-    body = io.BytesIO(_inflated_prefix(stream, HEADER_LIMIT_BYTES))
-    ds = read_dataset(body, is_implicit_VR=False, is_little_endian=True, stop_when=_beyond_routing_groups)
-    if ds and body.tell() >= HEADER_LIMIT_BYTES and body.tell() == len(body.getbuffer()):
-        raise _HeaderTooLarge
     ds.file_meta = meta
     return ds
 
