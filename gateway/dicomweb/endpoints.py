@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Path, Request
@@ -13,7 +13,7 @@ from gateway.auth import Tenant
 from gateway.dicomweb import wado
 from gateway.dicomweb.responses import DICOM_JSON, store_instances_response
 from gateway.errors import ErrorBody, error_responses
-from gateway.services import Services, ServicesDep
+from gateway.services import ServicesDep
 from radstream.errors import NotAcceptable, NotFound, ServiceBusy
 
 router = APIRouter(prefix="/dicomweb", tags=["DICOMweb"])
@@ -164,7 +164,7 @@ async def retrieve_study(
     return StreamingResponse(wado.study_multipart(services.images, instances, boundary), media_type=media_type)
 
 
-async def _nothing() -> AsyncIterator[bytes]:
+async def _nothing() -> AsyncGenerator[bytes, None]:
     return
     yield b""
 
@@ -194,10 +194,12 @@ async def retrieve_instance(
     accept: Annotated[str | None, Header()] = None,
 ) -> StreamingResponse:
     key = wado.key_for(tenant, study, series, instance)
-    if request.method == "HEAD":
-        return await _head_instance(services, key, accept, f"instance {instance} of series {series} of study {study}")
     try:
-        stored = await wado.open_instance(services.images, key)
+        if request.method == "HEAD":  # GET's status and headers from the object's metadata, no body read
+            head, empty = await services.images.head(key), _nothing()
+            stored = wado.OpenInstance(head.size, head.transfer_syntax, empty, empty.aclose)
+        else:
+            stored = await wado.open_instance(services.images, key)
     except NotFound:  # the message would name the storage key
         raise NotFound(f"instance {instance} of series {series} of study {study} not found") from None
 
@@ -217,24 +219,6 @@ async def retrieve_instance(
         wado.multipart(stored.chunks, boundary, part_type),
         media_type=f'multipart/related; type="application/dicom"; boundary={boundary}',
     )
-
-
-async def _head_instance(services: Services, key: str, accept: str | None, what: str) -> StreamingResponse:
-    """HEAD: GET's status and headers from the object's metadata (HeadObject), no body read."""
-    try:
-        stored = await services.images.head(key)
-    except NotFound:
-        raise NotFound(f"{what} not found") from None
-
-    async def syntax() -> str | None:
-        return stored.transfer_syntax
-
-    choice = await wado.negotiate(accept, syntax)
-    part_type = wado.part_content_type(stored.transfer_syntax)
-    if choice.media == wado.SINGLE:
-        return StreamingResponse(_nothing(), media_type=part_type, headers={"Content-Length": str(stored.size)})
-    boundary = uuid.uuid4().hex
-    return StreamingResponse(_nothing(), media_type=f'multipart/related; type="application/dicom"; boundary={boundary}')
 
 
 # HEAD wherever GET is (RFC 9110 9.3.2), out of the OpenAPI document, which describes the GETs.
