@@ -74,7 +74,8 @@ class Supervisor:
                     raise ChildFailed(
                         f"{spec.name} exited with code {proc.returncode} before it was ready{_log_tail(spec, offset)}"
                     )
-                self._check_earlier(proc)
+                if (earlier := self._exited(other_than=proc)) is not None:
+                    raise ChildFailed(earlier)
                 if should_stop is not None and should_stop():
                     raise Interrupted(f"stopped while {spec.name} was starting")
                 if time.monotonic() > deadline:
@@ -85,12 +86,14 @@ class Supervisor:
         log.info("%s ready (pid %d)", spec.name, proc.pid)
         return proc
 
-    def _check_earlier(self, starting: subprocess.Popen[bytes]) -> None:
-        """ChildFailed naming a child started before ``starting`` that has exited meanwhile."""
+    def _exited(self, other_than: subprocess.Popen[bytes] | None = None) -> str | None:
+        """What the first child that has exited (other than ``other_than``) says: its name, exit code and the
+        end of its log since it started; None while every one runs."""
         for spec, proc in self.children:
-            if proc is not starting and proc.poll() is not None:
+            if proc is not other_than and proc.poll() is not None:
                 tail = _log_tail(spec, self._offsets.get(proc.pid, 0))
-                raise ChildFailed(f"{spec.name} exited with code {proc.returncode}{tail}")
+                return f"{spec.name} exited with code {proc.returncode}{tail}"
+        return None
 
     def wait(self, should_stop: Callable[[], bool]) -> int:
         """Block until a signal asked to stop (0), the parent went away (0), or a child died (1).
@@ -102,11 +105,9 @@ class Supervisor:
             if os.getppid() != parent:
                 log.warning("parent process %d went away; stopping the stack", parent)
                 return 0
-            for spec, proc in self.children:
-                if proc.poll() is not None:
-                    tail = _log_tail(spec, self._offsets.get(proc.pid, 0))
-                    log.error("%s exited with code %s%s\nstopping the stack", spec.name, proc.returncode, tail)
-                    return 1
+            if (exited := self._exited()) is not None:
+                log.error("%s\nstopping the stack", exited)
+                return 1
             time.sleep(0.2)
         return 0
 
