@@ -4,11 +4,11 @@
 #   docker build -t radstream:TAG .                          # gateway (default command) and worker
 #   docker build --target lambda -t radstream:lambda-TAG .    # the pipeline's Lambda handlers
 #
-# Gateway: uvicorn gateway.app:create_app --factory --host 0.0.0.0 --port 8080   (the default CMD)
+# Gateway: uvicorn gateway.main:create_app --factory --host 0.0.0.0 --port 8080   (the default CMD)
 # Worker:  radstream worker                                                      (override the command)
 # Lambda:  CMD is the handler (CloudFormation ImageConfig.Command), one of infra/resources.py
-#          LAMBDA_FUNCTIONS: worker.lambdas.start_pipeline, worker.lambdas.validate_metadata,
-#          worker.lambdas.prepare_tensors, worker.lambdas.store_results, worker.lambdas.mark_failed
+#          LAMBDA_FUNCTIONS: worker.stages.main.start_pipeline, worker.stages.main.validate_metadata,
+#          worker.stages.main.prepare_tensors, worker.stages.main.store_results, worker.stages.main.mark_failed
 #
 # Both images carry the model specs (triton/models/<model>/spec.json, nothing else of triton/: Triton
 # serves the ONNX files from S3) in /opt/radstream/triton/models, where RADSTREAM_MODEL_REPOSITORY points:
@@ -39,11 +39,12 @@ COPY radstream ./radstream
 COPY gateway ./gateway
 COPY worker ./worker
 COPY infra ./infra
+COPY cli ./cli
 # .dockerignore lets only the spec.json files of triton/models into the context.
 COPY triton/models /opt/radstream/triton/models
 RUN pip install --no-cache-dir --require-virtualenv --no-deps --no-build-isolation . \
     && python -m compileall -q /opt/radstream \
-    && python -c "from pathlib import Path; from worker.inference.spec import load_specs; \
+    && python -c "from pathlib import Path; from worker.models.spec import load_specs; \
 assert load_specs(Path('/opt/radstream/triton/models')), 'no model specs in the image'"
 
 # ---------------------------------------------------------------- build-lambda: + the runtime interface
@@ -70,7 +71,7 @@ COPY --from=build-lambda /opt/radstream /opt/radstream
 WORKDIR /tmp
 USER 10001:10001
 ENTRYPOINT ["python", "-m", "awslambdaric"]
-CMD ["worker.lambdas.validate_metadata"]
+CMD ["worker.stages.main.validate_metadata"]
 
 # ---------------------------------------------------------------- runtime: gateway and worker (default)
 FROM base AS runtime
@@ -90,4 +91,4 @@ EXPOSE 8080
 # Kubernetes probes /healthz and /readyz; the image itself declares no Docker health check because the
 # worker runs from it too and serves no HTTP.
 HEALTHCHECK NONE
-CMD ["uvicorn", "gateway.app:create_app", "--factory", "--host", "0.0.0.0", "--port", "8080"]
+CMD ["uvicorn", "gateway.main:create_app", "--factory", "--host", "0.0.0.0", "--port", "8080"]

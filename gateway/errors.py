@@ -10,9 +10,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
-from radstream.aws import error_code
+from radstream.aws.config import error_code
+from radstream.aws.s3 import StorageError
 from radstream.errors import RadStreamError
-from radstream.storage import StorageError
 
 log = logging.getLogger(__name__)
 

@@ -13,10 +13,10 @@ from fastapi import Depends, Request
 from gateway.auth import KeyRing
 from gateway.dicomweb.stow import StowService
 from gateway.metrics import Metrics
-from radstream import aws
+from radstream.aws import config as aws
+from radstream.aws.s3 import ObjectStore
 from radstream.settings import Settings
 from radstream.status import StatusStore
-from radstream.storage import ObjectStore
 from radstream.telemetry import BufferedTelemetry, Telemetry
 
 

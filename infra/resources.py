@@ -57,11 +57,11 @@ class ResourceNames:
 
 # The Lambda functions: name suffix -> (handler, the ASL substitution that names its ARN).
 LAMBDA_FUNCTIONS: dict[str, tuple[str, str | None]] = {
-    "start-pipeline": ("worker.lambdas.start_pipeline", None),
-    "validate-metadata": ("worker.lambdas.validate_metadata", "ValidateMetadataFunctionArn"),
-    "prepare-tensors": ("worker.lambdas.prepare_tensors", "PrepareTensorsFunctionArn"),
-    "store-results": ("worker.lambdas.store_results", "StoreResultsFunctionArn"),
-    "mark-failed": ("worker.lambdas.mark_failed", "MarkFailedFunctionArn"),
+    "start-pipeline": ("worker.stages.main.start_pipeline", None),
+    "validate-metadata": ("worker.stages.main.validate_metadata", "ValidateMetadataFunctionArn"),
+    "prepare-tensors": ("worker.stages.main.prepare_tensors", "PrepareTensorsFunctionArn"),
+    "store-results": ("worker.stages.main.store_results", "StoreResultsFunctionArn"),
+    "mark-failed": ("worker.stages.main.mark_failed", "MarkFailedFunctionArn"),
 }
 STATE_MACHINE_FILE = Path(__file__).resolve().parent / "statemachine" / "pipeline.asl.json"
 TELEMETRY_PREFIX = "telemetry/year=!{timestamp:yyyy}/month=!{timestamp:MM}/day=!{timestamp:dd}/"

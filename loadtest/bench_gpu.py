@@ -33,10 +33,10 @@ import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 
+from loadtest.phantoms import make_phantom, to_ct_dataset
 from radstream.settings import PROJECT_ROOT
-from worker.inference.phantoms import make_phantom, to_ct_dataset
-from worker.inference.preprocess import prepare
-from worker.inference.spec import ModelSpec, load_specs
+from worker.models.preprocess import prepare
+from worker.models.spec import ModelSpec, load_specs
 
 MODEL_REPOSITORY = PROJECT_ROOT / "triton" / "models"
 BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256)

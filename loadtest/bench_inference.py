@@ -40,12 +40,12 @@ from infra.local.processes import free_port
 from infra.local.supervisor import ChildFailed, Supervisor
 from infra.local.triton import triton_process_spec
 from loadtest import cpus
+from loadtest.phantoms import make_phantom, to_ct_dataset
 from radstream.settings import PROJECT_ROOT, Settings
 from worker.inference.batcher import Batcher
 from worker.inference.client import TritonClient
-from worker.inference.phantoms import make_phantom, to_ct_dataset
-from worker.inference.preprocess import prepare
-from worker.inference.spec import ModelSpec, load_specs
+from worker.models.preprocess import prepare
+from worker.models.spec import ModelSpec, load_specs
 
 MODEL_REPOSITORY = PROJECT_ROOT / "triton" / "models"
 MODEL_NAME = "lesion_detector"

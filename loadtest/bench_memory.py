@@ -29,7 +29,7 @@ from infra.local.emulator import emulator_process_spec
 from infra.local.provision import provision
 from infra.local.stack import child_env, gateway_process_spec, isolated_settings
 from infra.local.supervisor import Supervisor
-from radstream import synthetic
+from loadtest import synthetic
 
 FULL_INSTANCES = 100  # about 1 GB
 QUICK_INSTANCES = 20  # about 200 MB

@@ -28,7 +28,7 @@ from infra.local.emulator import emulator_process_spec
 from infra.local.provision import provision
 from infra.local.stack import child_env, isolated_settings, process_specs
 from infra.local.supervisor import Supervisor
-from radstream import synthetic
+from loadtest import synthetic
 from radstream.settings import Settings
 from radstream.stats import download_datalake, run_queries
 

@@ -53,9 +53,9 @@ from infra.local.stack import child_env, gateway_process_spec, isolated_settings
 from infra.local.supervisor import Supervisor
 from loadtest import cpus
 from loadtest.orthanc import NETNS, OrthancUnavailable, orthanc_process
-from radstream import aws
+from loadtest.synthetic import StudyUids, ct_slice, to_bytes
+from radstream.aws import config as aws
 from radstream.settings import PROJECT_ROOT, Settings
-from radstream.synthetic import StudyUids, ct_slice, to_bytes
 
 STUDY_INSTANCES = 200
 QUICK_INSTANCES = 40

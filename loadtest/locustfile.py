@@ -47,8 +47,8 @@ from locust import FastHttpUser, between, task
 from pydantic import SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from loadtest.synthetic import StudyUids, ct_slice, dx_image, to_bytes
 from radstream.settings import PROJECT_ROOT
-from radstream.synthetic import StudyUids, ct_slice, dx_image, to_bytes
 
 STOW_PROJECTION = "STOW CR/DX image"
 STOW_CT = "STOW CT batch"

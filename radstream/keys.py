@@ -82,7 +82,7 @@ def result_key(tenant: str, study: str, name: str) -> str:
 
 
 def prepared_key(tenant: str, study: str, sop: str) -> str:
-    """The model-ready tensor and pixel-free header of one instance (worker/pipeline/prepared.py)."""
+    """The model-ready tensor and pixel-free header of one instance (worker/formats/prepared.py)."""
     _check(tenant, study, sop)
     return f"work/{tenant}/{study}/{sop}.prepared.npz"
 

@@ -11,7 +11,7 @@ from pydantic import BaseModel
 from radstream import keys
 
 if TYPE_CHECKING:
-    from radstream.storage import ObjectStore
+    from radstream.aws.s3 import ObjectStore
 
 SCHEMA_VERSION = 1
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import duckdb
 
-from radstream import aws
+from radstream.aws import config as aws
 from radstream.settings import PROJECT_ROOT, Settings
 
 QUERY_DIR = PROJECT_ROOT / "infra" / "athena"

@@ -11,8 +11,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from radstream.aws import error_code
-from radstream.storage import translate
+from radstream.aws.config import error_code
+from radstream.aws.s3 import translate
 
 
 class StudyState(enum.StrEnum):

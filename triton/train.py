@@ -42,7 +42,7 @@ HERE = Path(__file__).resolve().parent
 def _load_phantoms() -> ModuleType:
     """Load the phantom generator (numpy only) by path: putting the project root on sys.path would make
     this ``triton/`` folder shadow the ``triton`` package that torch probes for."""
-    path = HERE.parent / "worker" / "inference" / "phantoms.py"
+    path = HERE.parent / "loadtest" / "phantoms.py"
     spec = importlib.util.spec_from_file_location("radstream_phantoms", path)
     assert spec is not None
     assert spec.loader is not None

@@ -30,6 +30,7 @@ from gateway.dicomweb.multipart import MultipartError, MultipartParser, PartData
 from gateway.metrics import Metrics
 from radstream import keys
 from radstream import manifest as manifest_store
+from radstream.aws.s3 import ObjectStore, PutOutcome, StorageError, StoredObject
 from radstream.dicom import (
     CONFLICT_REASONS,
     RESOURCE_REASONS,
@@ -43,7 +44,6 @@ from radstream.errors import BadRequest, NotFound, PayloadTooLarge, StorageUnava
 from radstream.manifest import Manifest, ManifestInstance
 from radstream.settings import Settings
 from radstream.status import ReceivedWrite, StatusStore, StudyState, utcnow
-from radstream.storage import ObjectStore, PutOutcome, StorageError, StoredObject
 from radstream.telemetry import BufferedTelemetry, TelemetryEvent
 
 log = logging.getLogger("radstream.stow")

@@ -10,8 +10,8 @@ from email.message import Message
 import pydicom
 
 from radstream import keys, manifest
+from radstream.aws.s3 import TRANSFER_SYNTAX_METADATA_KEY, ObjectStore
 from radstream.errors import NotAcceptable, NotFound
-from radstream.storage import TRANSFER_SYNTAX_METADATA_KEY, ObjectStore
 
 MULTIPART = "multipart"
 SINGLE = "single"

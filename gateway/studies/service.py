@@ -9,7 +9,7 @@ from gateway.services import Services
 from radstream import keys, manifest
 from radstream.errors import NotFound
 from radstream.status import StudyState, StudyStatus
-from worker.pipeline.store import NO_MODEL_DETAIL, RESULT_JSON, RESULT_SR
+from worker.stages.store import NO_MODEL_DETAIL, RESULT_JSON, RESULT_SR
 
 
 async def study_status(services: Services, tenant: str, study: str) -> StudyStatus:

@@ -1,7 +1,7 @@
 """The local Lambda runtime: runs handler code for the emulator, in a process of its own.
 
 moto runs Lambda code only in Docker. ``infra/local/moto_gaps.py`` forwards each ``Invoke`` here:
-``POST /invoke {"handler": "worker.lambdas.validate_metadata", "event": {...}}``. The answer is
+``POST /invoke {"handler": "worker.stages.main.validate_metadata", "event": {...}}``. The answer is
 ``{"result": ...}`` or ``{"error": {"errorType", "errorMessage", "stackTrace"}}``, the payload the real
 Lambda runtime returns for an exception, so Step Functions' Retry/Catch see our typed error names.
 A process of its own, like Lambda's own compute: handler CPU work does not compete with the emulator's.
@@ -22,7 +22,7 @@ from typing import Any
 
 log = logging.getLogger("radstream.lambda")
 _HANDLERS: dict[str, Callable[[dict[str, Any], object], Any]] = {}
-ALLOWED_PREFIX = "worker.lambdas."  # only our own handlers can be named
+ALLOWED_PREFIX = "worker.stages.main."  # only our own handlers can be named
 
 
 def invoke(handler_path: str, event: dict[str, Any]) -> dict[str, Any]:

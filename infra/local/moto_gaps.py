@@ -4,7 +4,7 @@ Run as ``python -m infra.local.moto_gaps --host H --port P``. Everything that di
 and only here:
 
 1. Lambda: moto runs handler code only in Docker. Here ``Invoke`` sends the function's ``Handler``
-   (``worker.lambdas.validate_metadata``) and the event to the local Lambda runtime process
+   (``worker.stages.main.validate_metadata``) and the event to the local Lambda runtime process
    (infra/local/lambda_runtime.py); an exception comes back as a ``FunctionError`` payload with
    ``errorType`` = the exception's class name, as the Lambda runtime does, so Step Functions'
    Retry/Catch match our typed errors exactly as on AWS.

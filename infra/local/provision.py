@@ -12,7 +12,7 @@ from botocore.exceptions import ClientError
 
 from infra import resources
 from infra.resources import ResourceNames
-from radstream import aws
+from radstream.aws import config as aws
 from radstream.settings import Settings
 
 log = logging.getLogger("radstream.provision")

@@ -61,7 +61,7 @@ def child_env(settings: Settings, api_keys: str) -> dict[str, str]:
 
 
 def gateway_process_spec(settings: Settings, env: dict[str, str]) -> ProcessSpec:
-    argv = [sys.executable, "-m", "uvicorn", "gateway.app:create_app", "--factory"]
+    argv = [sys.executable, "-m", "uvicorn", "gateway.main:create_app", "--factory"]
     argv += ["--host", settings.http_host, "--port", str(settings.http_port), "--no-access-log"]
     argv += ["--timeout-graceful-shutdown", "20"]
     return ProcessSpec(
@@ -75,7 +75,7 @@ def gateway_process_spec(settings: Settings, env: dict[str, str]) -> ProcessSpec
 
 def worker_process_spec(settings: Settings, env: dict[str, str]) -> ProcessSpec:
     return ProcessSpec(
-        name="worker", argv=[sys.executable, "-m", "radstream.cli", "worker"], env={**env, **SINGLE_THREADED_MATH}
+        name="worker", argv=[sys.executable, "-m", "cli.main", "worker"], env={**env, **SINGLE_THREADED_MATH}
     )
 
 

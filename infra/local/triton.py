@@ -1,7 +1,7 @@
 """The local Triton: the real ``tritonserver`` binary bundled with nvidia-pytriton, on CPU.
 
 That build ships the python backend only, so the model repository it serves is generated from the
-production specs by :func:`worker.inference.tritonconfig.build_local_repository` into
+production specs by :func:`worker.models.tritonconfig.build_local_repository` into
 ``<state_dir>/triton-repo`` (the same ONNX files, run by onnxruntime inside the python backend).
 Everything binds to 127.0.0.1.
 """
@@ -20,7 +20,7 @@ from pathlib import Path
 
 from infra.local.processes import ProcessSpec
 from radstream.settings import Settings
-from worker.inference.tritonconfig import build_local_repository
+from worker.models.tritonconfig import build_local_repository
 
 READY_PROBE_TIMEOUT_S = 1.0
 #: Python-backend shared memory between tritonserver and the model stubs; grows on demand.

@@ -9,7 +9,7 @@ import botocore.session
 import pytest
 from botocore.endpoint_provider import EndpointProvider
 
-from radstream.aws import cache_endpoints_by_what_the_rules_read
+from radstream.aws.config import cache_endpoints_by_what_the_rules_read
 
 
 def _provider(service: str) -> EndpointProvider:

@@ -13,7 +13,8 @@ from pydicom.filewriter import write_dataset, write_file_meta_info
 from pydicom.sequence import Sequence
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 
-from radstream import dicom, synthetic
+from loadtest import synthetic
+from radstream import dicom
 from radstream.dicom import DicomPartError, FailureReason, read_header
 
 

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
+from radstream.aws.s3 import ObjectStore, PutOutcome
 from radstream.errors import StorageUnavailable
-from radstream.storage import ObjectStore, PutOutcome
 
 DATA = b"DICM-bytes"
 SHA = hashlib.sha256(DATA).hexdigest()

@@ -10,7 +10,7 @@ from importlib import metadata
 
 import pytest
 
-from radstream import aws
+from radstream.aws import config as aws
 from radstream.settings import Settings
 
 

@@ -275,7 +275,7 @@ def test_lambda_functions_run_the_pipeline_handlers(template: dict[str, Any]) ->
     assert len(roles) == len(functions)  # one least-privilege role each
 
 
-# What each stage's code in worker/pipeline/ calls, on the key prefixes of radstream/keys.py. A stage that
+# What each stage's code in worker/stages/ calls, on the key prefixes of radstream/keys.py. A stage that
 # starts touching another prefix or service fails here until its role says so (and the other way round).
 STAGE_S3 = {
     "validate-metadata": {

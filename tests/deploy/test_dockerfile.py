@@ -127,10 +127,10 @@ def test_dependencies_install_from_the_lock_and_the_app_without_deps(stages: dic
 
 def test_gateway_worker_and_lambda_commands(stages: dict[str, Stage]) -> None:
     cmd = json.loads(stages["runtime"].last("CMD") or "null")
-    assert cmd == ["uvicorn", "gateway.app:create_app", "--factory", "--host", "0.0.0.0", "--port", "8080"]
-    assert 'radstream = "radstream.cli:main"' in (ROOT / "pyproject.toml").read_text()
+    assert cmd == ["uvicorn", "gateway.main:create_app", "--factory", "--host", "0.0.0.0", "--port", "8080"]
+    assert 'radstream = "cli.main:main"' in (ROOT / "pyproject.toml").read_text()
     assert json.loads(stages["lambda"].last("ENTRYPOINT") or "null") == ["python", "-m", "awslambdaric"]
-    assert json.loads(stages["lambda"].last("CMD") or "null")[0].startswith("worker.lambdas.")
+    assert json.loads(stages["lambda"].last("CMD") or "null")[0].startswith("worker.stages.main.")
 
 
 def dockerignore_patterns() -> list[str]:

@@ -102,7 +102,7 @@ def test_gateway_and_worker_share_one_image_with_their_commands(docs: list[dict[
     assert gateway["image"] == worker["image"] == "123456789012.dkr.ecr.us-east-1.amazonaws.com/radstream:0.1.0"
     assert gateway["command"][:7] == [
         "uvicorn",
-        "gateway.app:create_app",
+        "gateway.main:create_app",
         "--factory",
         "--host",
         "0.0.0.0",

@@ -44,7 +44,7 @@ def _states(states: dict[str, Any]) -> dict[str, Any]:
 
 @pytest.mark.parametrize("path", STATEMACHINES, ids=lambda p: p.name)
 def test_every_lambda_task_retries_transient_errors_with_backoff(path: Path) -> None:
-    # worker/lambdas.py raises every storage outage (StorageUnavailable) as TransientError
+    # worker/stages/main.py raises every storage outage (StorageUnavailable) as TransientError
     states = _states(json.loads(path.read_text())["States"])
     lambdas = {name: s for name, s in states.items() if s.get("Resource") == "arn:aws:states:::lambda:invoke"}
     assert {"ValidateMetadata", "Prepare", "StoreResults", "MarkFailed"} <= set(lambdas)

@@ -10,7 +10,7 @@ import httpx
 import numpy as np
 import pytest
 
-from radstream import synthetic
+from loadtest import synthetic
 from radstream.dicom import FailureReason
 from radstream.keys import instance_key
 from radstream.settings import Settings

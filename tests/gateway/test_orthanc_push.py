@@ -23,8 +23,8 @@ from infra.local.emulator import emulator_process_spec
 from infra.local.processes import ProcessSpec
 from infra.local.stack import child_env, gateway_process_spec, isolated_settings
 from infra.local.supervisor import Supervisor
+from loadtest import synthetic
 from loadtest.orthanc import ORTHANC_PLUGIN_CANDIDATES, orthanc_config
-from radstream import synthetic
 from radstream.settings import Settings, settings_env
 from tests.conftest import API_KEYS, KEY_ALPHA
 

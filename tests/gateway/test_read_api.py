@@ -12,7 +12,7 @@ import pytest
 from infra.local.emulator import http_ok
 from infra.local.stack import child_env, gateway_process_spec
 from infra.local.supervisor import Supervisor
-from radstream import synthetic
+from loadtest import synthetic
 from radstream.keys import instance_key
 from radstream.settings import Settings
 from tests.conftest import API_KEYS, Emulator, Gateway, free_port, start_gateway

@@ -16,11 +16,12 @@ import pytest
 
 from gateway.dicomweb.stow import StowService
 from gateway.metrics import Metrics
-from radstream import aws, synthetic
+from loadtest import synthetic
+from radstream.aws import config as aws
+from radstream.aws.s3 import ObjectStore
 from radstream.errors import StorageUnavailable
 from radstream.settings import Settings
 from radstream.status import ReceivedWrite, StatusStore, StudyState
-from radstream.storage import ObjectStore
 from radstream.telemetry import BufferedTelemetry, Telemetry
 from tests.gateway.stowhelp import CONTENT_TYPE, chunks, multipart
 

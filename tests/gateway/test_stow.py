@@ -10,7 +10,7 @@ import pydicom
 import pytest
 from dicomweb_client.api import DICOMwebClient
 
-from radstream import synthetic
+from loadtest import synthetic
 from radstream.dicom import FailureReason
 from radstream.keys import instance_key
 from tests.conftest import KEY_BETA, Emulator, Gateway

@@ -10,7 +10,7 @@ import pytest
 from tests.inference.conftest import free_port, random_images
 from worker.inference.batcher import Batcher, BatcherClosed, RetryPolicy
 from worker.inference.client import InferenceTimeout, TritonClient
-from worker.inference.spec import ModelSpec
+from worker.models.spec import ModelSpec
 
 
 async def _eventually(condition: Callable[[], bool]) -> None:

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 from pydicom.data import get_testdata_file
 
+from cli.infer import EXIT_OK, EXIT_SOME_FAILED, EXIT_TRITON_UNUSABLE, infer_files, infer_files_async
+from loadtest.phantoms import make_phantom, to_ct_dataset
 from tests.inference.conftest import TritonServer, free_port
-from worker.inference.cli import EXIT_OK, EXIT_SOME_FAILED, EXIT_TRITON_UNUSABLE, infer_files, infer_files_async
-from worker.inference.phantoms import make_phantom, to_ct_dataset
 
 
 def _testdata(name: str) -> Path:

@@ -24,7 +24,7 @@ from pydicom.uid import (
     RLELossless,
 )
 
-from worker.inference.preprocess import (
+from worker.models.preprocess import (
     LUMINANCE,
     PreprocessError,
     prepare,
@@ -34,7 +34,7 @@ from worker.inference.preprocess import (
     resize,
     to_tensor,
 )
-from worker.inference.spec import ModelSpec
+from worker.models.spec import ModelSpec
 
 # file -> transfer syntax it is encoded with (checked, so a renamed fixture cannot silently drop coverage)
 DECODABLE = {

@@ -12,7 +12,7 @@ import pytest
 from tests.inference.conftest import TritonServer, random_images
 from worker.inference.batcher import Batcher, RetryPolicy
 from worker.inference.client import InferenceTimeout, TritonClient, TritonError, TritonUnavailable
-from worker.inference.spec import ModelSpec
+from worker.models.spec import ModelSpec
 
 
 @pytest.fixture

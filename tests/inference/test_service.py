@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from pydicom.uid import generate_uid
 
+from loadtest.phantoms import make_phantom, to_ct_dataset
+from worker.formats.types import InstanceOutput
 from worker.inference.client import TritonClient
-from worker.inference.phantoms import make_phantom, to_ct_dataset
 from worker.inference.service import InferenceService, NoModelForImage, heatmap_peak
-from worker.inference.spec import ModelSpec
-from worker.inference.types import InstanceOutput
+from worker.models.spec import ModelSpec
 
 
 def test_heatmap_peak_maps_to_source_pixels() -> None:

@@ -25,7 +25,7 @@ from worker.inference.client import (
     is_loopback,
     remove_stale_regions,
 )
-from worker.inference.spec import ModelSpec
+from worker.models.spec import ModelSpec
 
 
 async def _statistics_settled(client: TritonClient, spec: ModelSpec, inference_count: int) -> ModelStatistics:

@@ -8,8 +8,8 @@ import pytest
 from pydantic import ValidationError
 
 from tests.inference.conftest import MODEL_REPOSITORY
-from worker.inference.spec import ModelSpec, Serving
-from worker.inference.tritonconfig import (
+from worker.models.spec import ModelSpec, Serving
+from worker.models.tritonconfig import (
     PYTHON_BACKEND_MODEL,
     build_local_repository,
     local_config,
@@ -19,7 +19,7 @@ from worker.inference.tritonconfig import (
 
 def test_committed_production_config_is_generated(spec: ModelSpec) -> None:
     committed = (MODEL_REPOSITORY / spec.name / "config.pbtxt").read_text()
-    assert committed == production_config(spec), "run: python -m worker.inference.tritonconfig"
+    assert committed == production_config(spec), "run: python -m worker.models.tritonconfig"
 
 
 def test_production_config_content(spec: ModelSpec) -> None:

@@ -61,7 +61,7 @@ def test_pin_refuses_counts_this_process_cannot_have(count: int) -> None:
 def test_radstream_bench_refuses_more_cpus_than_it_may_use_before_measuring(tmp_path: Path) -> None:
     too_many = len(os.sched_getaffinity(0)) + 1
     done = subprocess.run(
-        [sys.executable, "-m", "radstream.cli", "bench", "--cpus", str(too_many), "--out", str(tmp_path / "out")],
+        [sys.executable, "-m", "cli.main", "bench", "--cpus", str(too_many), "--out", str(tmp_path / "out")],
         capture_output=True,
         text=True,
         cwd=PROJECT_ROOT,

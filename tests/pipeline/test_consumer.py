@@ -17,10 +17,10 @@ from botocore.exceptions import ClientError
 from radstream.errors import NotFound
 from radstream.settings import PROJECT_ROOT, Settings
 from radstream.telemetry import TelemetryEvent
-from worker.consumer import InferenceWorker
+from worker.formats import prepared as prepared_codec
 from worker.inference.batcher import ItemResult
-from worker.inference.spec import ModelSpec, load_specs
-from worker.pipeline import prepared as prepared_codec
+from worker.inference.consumer import InferenceWorker
+from worker.models.spec import ModelSpec, load_specs
 
 MODEL = "lesion_detector"
 GUARD_S = 20.0  # only so that a broken worker fails the test instead of hanging it

@@ -13,7 +13,8 @@ import pydicom
 import pytest
 from pydicom.uid import UltrasoundImageStorage
 
-from radstream import keys, synthetic
+from loadtest import synthetic
+from radstream import keys
 from tests.gateway.stowhelp import stow
 from tests.pipeline.conftest import Stack
 

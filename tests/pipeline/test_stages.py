@@ -12,14 +12,15 @@ import pydicom
 import pytest
 from pydicom.uid import CTImageStorage
 
-from radstream import keys, synthetic
+from loadtest import synthetic
+from radstream import keys
 from tests.pipeline.conftest import Stack
-from worker.inference.types import InstanceOutput
-from worker.pipeline import outputs as output_codec
-from worker.pipeline import prepare, start, store, validate
-from worker.pipeline import prepared as prepared_codec
-from worker.pipeline.context import stage_context
-from worker.pipeline.errors import ManifestInvalid, TransientError
+from worker.formats import outputs as output_codec
+from worker.formats import prepared as prepared_codec
+from worker.formats.errors import ManifestInvalid, TransientError
+from worker.formats.types import InstanceOutput
+from worker.stages import prepare, start, store, validate
+from worker.stages.context import stage_context
 
 
 def test_execution_name_is_deterministic_and_valid() -> None:

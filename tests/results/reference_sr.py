@@ -9,8 +9,8 @@ from collections.abc import Sequence
 import highdicom as hd
 from pydicom import Dataset
 
-from worker.inference.preprocess import analysed_frame_number
-from worker.inference.types import InstanceOutput
+from worker.formats.types import InstanceOutput
+from worker.models.preprocess import analysed_frame_number
 from worker.results import codes
 from worker.results._sources import AnalysedInstance, pair
 from worker.results.sr import IMAGE_LIBRARY, IMAGING_MEASUREMENTS, device_observer_uid, scoord_point

@@ -18,8 +18,8 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from radstream.synthetic import set_grayscale_pixels
-from worker.inference.types import InstanceOutput
+from loadtest.synthetic import set_grayscale_pixels
+from worker.formats.types import InstanceOutput
 
 PATIENT_NAME = "Doe^Jane"
 PATIENT_ID = "PID-0042"

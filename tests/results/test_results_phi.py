@@ -17,8 +17,8 @@ from results_sources import blob_heatmap, make_dx, make_output
 
 from radstream.dicom import quiet_dicom_libraries
 from radstream.errors import describe
-from worker.pipeline.store import _build
 from worker.results._sources import with_type2_defaults
+from worker.stages.store import _build
 
 VALUES = {"PatientBirthDate": "1961-04-07", "StudyDate": "2026-03-01", "PatientSex": "U"}
 NAME, PATIENT_ID = "DOE^JANE", "MRN-9876543"
@@ -94,8 +94,8 @@ def test_a_lambda_stage_that_raises_unexpectedly_reports_where_not_what(
     """Step Functions records a Lambda's error message in the execution history, MarkFailed copies it into
     the study status, and Lambda logs it: an unexpected exception's message (here, what highdicom says
     about a birth date) must reach none of them."""
-    from worker import lambdas
-    from worker.pipeline.errors import InternalError
+    from worker.stages import main as lambdas
+    from worker.formats.errors import InternalError
 
     async def stage(ctx: object, event: dict[str, object]) -> dict[str, object]:
         pydicom.valuerep.DA(VALUES["PatientBirthDate"])  # ValueError quoting the value

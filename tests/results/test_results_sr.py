@@ -27,7 +27,7 @@ from results_sources import (
     make_output,
 )
 
-from worker.inference.types import InstanceOutput
+from worker.formats.types import InstanceOutput
 from worker.results import InconsistentInputError, build_sr, dataset_from_bytes, dataset_to_bytes
 from worker.results.codes import ABSENT, LESION, PRESENT, PROBABILITY
 

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from infra.local.provision import provision
-from radstream import synthetic
+from loadtest import synthetic
 from radstream.settings import Settings
 from tests.conftest import KEY_ALPHA, Gateway, free_port
 from tests.gateway.stowhelp import stow

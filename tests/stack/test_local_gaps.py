@@ -57,7 +57,7 @@ def test_input_transformer_gives_bucket_and_key() -> None:
 
 
 def test_runtime_reports_exceptions_as_lambda_does() -> None:
-    answer = lambda_runtime.invoke("worker.lambdas.start_pipeline", {"bucket": "b"})
+    answer = lambda_runtime.invoke("worker.stages.main.start_pipeline", {"bucket": "b"})
     assert answer["error"]["errorType"] == "ManifestInvalid"
     assert "no object key" in answer["error"]["errorMessage"]
 
@@ -200,7 +200,7 @@ def test_an_unreachable_lambda_runtime_is_a_lambda_service_error(emulator: str) 
         FunctionName="unreachable",
         Runtime="python3.11",
         Role=role,
-        Handler="worker.lambdas.validate_metadata",
+        Handler="worker.stages.main.validate_metadata",
         Code={"ZipFile": buffer.getvalue()},
     )["FunctionArn"]
     output = _caught_lambda_task(sfn, "lambda-direct", fn, "Lambda.ServiceException", {"k": 1})
@@ -341,8 +341,8 @@ def test_concurrent_put_records_lose_nothing(emulator: str) -> None:
 
 
 def test_runtime_answers_a_result_it_cannot_serialise_as_lambda_does(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(lambda_runtime._HANDLERS, "worker.lambdas.unserialisable", lambda event, context: {1, 2})
-    error = lambda_runtime.invoke("worker.lambdas.unserialisable", {})["error"]
+    monkeypatch.setitem(lambda_runtime._HANDLERS, "worker.stages.main.unserialisable", lambda event, context: {1, 2})
+    error = lambda_runtime.invoke("worker.stages.main.unserialisable", {})["error"]
     assert error["errorType"] == "Runtime.MarshalError"
     assert "Unable to marshal response" in error["errorMessage"]
 
@@ -388,7 +388,7 @@ def test_a_request_the_runtime_may_have_run_is_never_sent_twice(runtime_stand_in
 
 def test_a_handler_past_its_timeout_is_a_function_error(runtime_stand_in: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RADSTREAM_LAMBDA_RUNTIME_URL", f"{runtime_stand_in}/slow")
-    function = SimpleNamespace(handler="worker.lambdas.validate_metadata", timeout=0.3)
+    function = SimpleNamespace(handler="worker.stages.main.validate_metadata", timeout=0.3)
     pool = moto_gaps._RuntimeConnections()
     monkeypatch.setattr(moto_gaps, "_RUNTIME", pool)
     try:

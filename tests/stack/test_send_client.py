@@ -21,7 +21,8 @@ import pytest
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
 
-from radstream import client, synthetic
+from cli import send as client
+from cli import synthetic
 from tests.conftest import KEY_ALPHA, Gateway, free_port
 
 RADSTREAM = str(Path(sys.executable).parent / "radstream")

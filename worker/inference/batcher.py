@@ -41,7 +41,7 @@ from worker.inference.client import (
     TritonError,
     TritonUnavailable,
 )
-from worker.inference.spec import ModelSpec
+from worker.models.spec import ModelSpec
 
 
 class BatcherClosed(TritonError):

@@ -14,11 +14,11 @@ import numpy as np
 import numpy.typing as npt
 from pydicom.dataset import Dataset
 
+from worker.formats.types import InstanceOutput
 from worker.inference.batcher import Batcher, ItemResult, RetryPolicy
 from worker.inference.client import TritonClient
-from worker.inference.preprocess import PreparedImage, prepare_async
-from worker.inference.spec import ModelSpec, match_model
-from worker.inference.types import InstanceOutput
+from worker.models.preprocess import PreparedImage, prepare_async
+from worker.models.spec import ModelSpec, match_model
 
 
 class NoModelForImage(LookupError):

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pydicom import Dataset
 from pydicom.valuerep import DA, TM
 
-from worker.inference.types import InstanceOutput
+from worker.formats.types import InstanceOutput
 from worker.results.errors import InconsistentInputError
 
 log = logging.getLogger(__name__)

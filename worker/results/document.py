@@ -12,8 +12,8 @@ from typing import Annotated, Literal, Self
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 from pydicom import Dataset
 
-from worker.inference.preprocess import analysed_frame_number
-from worker.inference.types import InstanceOutput
+from worker.formats.types import InstanceOutput
+from worker.models.preprocess import analysed_frame_number
 from worker.results._sources import pair
 
 SCHEMA_VERSION: Literal["1.0"] = "1.0"
@@ -174,7 +174,7 @@ def build_result_document(
     --------
     >>> import numpy
     >>> from pydicom import Dataset
-    >>> from worker.inference.types import InstanceOutput
+    >>> from worker.formats.types import InstanceOutput
     >>> header = Dataset()
     >>> header.StudyInstanceUID, header.SeriesInstanceUID = "1.2.3", "1.2.3.4"
     >>> header.SOPInstanceUID, header.SOPClassUID = "1.2.3.4.5", "1.2.840.10008.5.1.4.1.1.2"

@@ -25,7 +25,7 @@ import numpy as np
 import numpy.typing as npt
 from pydicom import Dataset
 
-from worker.inference.types import InstanceOutput
+from worker.formats.types import InstanceOutput
 from worker.results import codes
 from worker.results._sources import AnalysedInstance, pair, with_type2_defaults
 from worker.results.errors import IncompatibleSourcesError

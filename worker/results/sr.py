@@ -50,8 +50,8 @@ from pydicom.uid import (
 )
 from pydicom.valuerep import DA, DS, DT, TM
 
-from worker.inference.preprocess import analysed_frame_number
-from worker.inference.types import InstanceOutput
+from worker.formats.types import InstanceOutput
+from worker.models.preprocess import analysed_frame_number
 from worker.results import codes
 from worker.results._sources import TYPE2_PATIENT_AND_STUDY, AnalysedInstance, pair
 

@@ -13,8 +13,8 @@ from radstream import keys
 from radstream import manifest as manifest_store
 from radstream.errors import NotFound, StorageUnavailable
 from radstream.manifest import Manifest
-from worker.pipeline.context import StageContext
-from worker.pipeline.errors import InstanceMissing, ManifestInvalid, TransientError
+from worker.formats.errors import InstanceMissing, ManifestInvalid, TransientError
+from worker.stages.context import StageContext
 
 
 @contextmanager

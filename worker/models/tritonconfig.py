@@ -2,7 +2,7 @@
 
 * :func:`production_config`: the committed ``triton/models/<name>/config.pbtxt`` for the GPU pods
   (onnxruntime backend, ``KIND_GPU``, dynamic batching). A test checks that the committed file equals
-  what this function produces; regenerate with ``python -m worker.inference.tritonconfig``.
+  what this function produces; regenerate with ``python -m worker.models.tritonconfig``.
 * :func:`build_local_repository`: a model repository for the local ``tritonserver`` binary, which ships
   with the python backend only. Each model wraps the same ONNX file with ``triton/python_backend/model.py``
   (onnxruntime on CPU, ``KIND_CPU``) with the same batching settings.
@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Literal
 
-from worker.inference.spec import ModelSpec, TensorSpec, load_specs
+from worker.models.spec import ModelSpec, TensorSpec, load_specs
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 PYTHON_BACKEND_MODEL = PROJECT_ROOT / "triton" / "python_backend" / "model.py"
@@ -41,7 +41,7 @@ def render_config(spec: ModelSpec, target: Target) -> str:
     serving = spec.serving
     outputs = (spec.outputs.probability, spec.outputs.heatmap)
     lines = [
-        f"# Generated from spec.json by worker/inference/tritonconfig.py ({target}); do not edit by hand.",
+        f"# Generated from spec.json by worker/models/tritonconfig.py ({target}); do not edit by hand.",
         f'name: "{spec.name}"',
     ]
     if target == "production":

@@ -86,7 +86,7 @@ def send(
 
     Exits 0 when every DICOM file found was stored, 1 when any failed or could not be read, or when no
     DICOM file was found."""
-    from radstream.client import send as do_send
+    from cli.send import send as do_send
 
     key = _api_key(api_key)
     with Progress(
@@ -222,7 +222,7 @@ def worker() -> None:
 
     import uvloop
 
-    from worker.main import run_worker
+    from worker.inference.main import run_worker
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     # uvloop, as uvicorn uses for the gateway: the worker is mostly event loop and HTTP client work
@@ -235,7 +235,7 @@ def infer(
     triton_url: Annotated[str | None, typer.Option(help="Triton gRPC host:port")] = None,
 ) -> None:
     """Run local DICOM files through preprocessing, the batcher and Triton; one JSON line per file."""
-    from worker.inference.cli import infer_files
+    from cli.infer import infer_files
 
     settings = get_settings()
     raise typer.Exit(infer_files(files, triton_url or settings.triton_grpc_url, settings))

@@ -11,8 +11,8 @@ import json
 
 import numpy as np
 
-from worker.inference.types import InstanceOutput
-from worker.pipeline.npz import MALFORMED, read_arrays
+from worker.formats.npz import MALFORMED, read_arrays
+from worker.formats.types import InstanceOutput
 
 
 def encode(outputs: list[InstanceOutput], headers: list[bytes]) -> bytes:

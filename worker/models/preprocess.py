@@ -4,7 +4,7 @@ All pixel work is CPU-bound: call :func:`prepare_async` from the event loop (it 
 worker thread). Pixel data are decoded by pydicom with whichever plugin handles the transfer syntax
 (pylibjpeg, pylibjpeg-libjpeg, pylibjpeg-openjpeg, pylibjpeg-rle; deflate and big endian natively).
 
-Steps (see :class:`worker.inference.spec.Preprocessing`):
+Steps (see :class:`worker.models.spec.Preprocessing`):
 
 1. decode one frame: the middle frame of a multi-frame image (index ``NumberOfFrames // 2``);
    colour (RGB, YBR, palette) becomes luminance (ITU-R BT.601 weights);
@@ -33,7 +33,7 @@ from pydicom.multival import MultiValue
 from pydicom.pixels.processing import apply_color_lut, apply_modality_lut
 from pydicom.pixels.utils import pixel_array
 
-from worker.inference.spec import ModelSpec, Preprocessing
+from worker.models.spec import ModelSpec, Preprocessing
 
 LUMINANCE = np.array([0.299, 0.587, 0.114], dtype=np.float64)
 

@@ -119,7 +119,7 @@ def to_ct_dataset(hu: npt.NDArray[Any], sop_instance_uid: str | None = None) -> 
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import UID, CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
-    from radstream.synthetic import set_grayscale_pixels  # here, not at the top: train.py loads this file alone
+    from loadtest.synthetic import set_grayscale_pixels  # here, not at the top: train.py loads this file alone
 
     stored = np.clip(np.round(hu) + 1024, 0, 4095).astype(np.uint16)
     meta = FileMetaDataset()

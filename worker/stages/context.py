@@ -7,10 +7,10 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from radstream import aws
+from radstream.aws import config as aws
+from radstream.aws.s3 import ObjectStore
 from radstream.settings import Settings
 from radstream.status import StatusStore
-from radstream.storage import ObjectStore
 from radstream.telemetry import Telemetry
 
 

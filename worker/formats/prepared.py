@@ -9,7 +9,7 @@ import io
 import numpy as np
 import numpy.typing as npt
 
-from worker.pipeline.npz import MALFORMED, read_arrays
+from worker.formats.npz import MALFORMED, read_arrays
 
 
 def encode(tensor: npt.NDArray[np.float32], header: bytes) -> bytes:

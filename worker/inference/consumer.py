@@ -34,21 +34,21 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from radstream import keys
-from radstream.aws import error_code
+from radstream.aws.config import error_code
+from radstream.aws.s3 import ObjectStore
 from radstream.errors import NotFound, StorageUnavailable, frames
 from radstream.errors import describe as where
 from radstream.settings import Settings
-from radstream.storage import ObjectStore
 from radstream.telemetry import BufferedTelemetry, TelemetryEvent
+from worker.formats import outputs as output_codec
+from worker.formats import prepared as prepared_codec
+from worker.formats.errors import DecodeFailed
+from worker.formats.types import InstanceOutput
 from worker.inference.batcher import Batcher
 from worker.inference.client import InferenceTimeout, ModelNotReady, TritonError, TritonUnavailable
-from worker.inference.preprocess import PreparedImage
 from worker.inference.service import to_instance_output
-from worker.inference.spec import ModelSpec
-from worker.inference.types import InstanceOutput
-from worker.pipeline import outputs as output_codec
-from worker.pipeline import prepared as prepared_codec
-from worker.pipeline.errors import DecodeFailed
+from worker.models.preprocess import PreparedImage
+from worker.models.spec import ModelSpec
 
 log = logging.getLogger("radstream.worker")
 

@@ -17,13 +17,13 @@ import pydicom
 from radstream import keys
 from radstream.errors import NotFound
 from radstream.telemetry import TelemetryEvent
-from worker.inference.preprocess import PreprocessError, prepare
-from worker.inference.spec import ModelSpec
-from worker.pipeline import prepared as prepared_codec
-from worker.pipeline.common import instance_access, read_manifest, timed
-from worker.pipeline.context import StageContext
-from worker.pipeline.errors import ManifestInvalid
-from worker.pipeline.validate import specs_in
+from worker.formats import prepared as prepared_codec
+from worker.formats.errors import ManifestInvalid
+from worker.models.preprocess import PreprocessError, prepare
+from worker.models.spec import ModelSpec
+from worker.stages.common import instance_access, read_manifest, timed
+from worker.stages.context import StageContext
+from worker.stages.validate import specs_in
 
 
 def _spec(ctx: StageContext, name: str) -> ModelSpec:

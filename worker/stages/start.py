@@ -13,9 +13,9 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from radstream import keys
-from radstream.aws import error_code
-from worker.pipeline.context import StageContext
-from worker.pipeline.errors import ManifestInvalid, TransientError
+from radstream.aws.config import error_code
+from worker.formats.errors import ManifestInvalid, TransientError
+from worker.stages.context import StageContext
 
 _ARN_CACHE: dict[str, str] = {}
 

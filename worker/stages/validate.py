@@ -15,10 +15,10 @@ from radstream import keys
 from radstream.errors import NotFound
 from radstream.status import StudyState
 from radstream.telemetry import TelemetryEvent
-from worker.inference.spec import ModelSpec, load_specs, match_model
-from worker.pipeline.common import read_manifest, timed
-from worker.pipeline.context import StageContext
-from worker.pipeline.errors import ManifestInvalid
+from worker.formats.errors import ManifestInvalid
+from worker.models.spec import ModelSpec, load_specs, match_model
+from worker.stages.common import read_manifest, timed
+from worker.stages.context import StageContext
 
 PREPARE_BATCH = 16  # instances per PrepareTensors invocation (the Map fans out over these)
 

@@ -3,7 +3,7 @@ needs to feed that model and read its answer.
 
 Adding a second model is a new folder ``triton/models/<name>/`` with ``spec.json`` and
 ``<version>/model.onnx``; no code changes. The Triton configs are generated from the same spec
-(:mod:`worker.inference.tritonconfig`).
+(:mod:`worker.models.tritonconfig`).
 """
 
 from __future__ import annotations

@@ -24,9 +24,9 @@ import uvloop
 from radstream.dicom import quiet_dicom_libraries
 from radstream.errors import StorageUnavailable, describe, frames
 from radstream.settings import get_settings
-from worker.pipeline import prepare, start, store, validate
-from worker.pipeline.context import StageContext, stage_context
-from worker.pipeline.errors import InternalError, PipelineError, TransientError
+from worker.formats.errors import InternalError, PipelineError, TransientError
+from worker.stages import prepare, start, store, validate
+from worker.stages.context import StageContext, stage_context
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from typing import IO, Any
 
 from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError
 
-from radstream.aws import error_code
+from radstream.aws.config import error_code
 from radstream.errors import NotFound, StorageUnavailable
 
 SHA256_METADATA_KEY = "sha256"

@@ -1,4 +1,4 @@
-"""Reading the .npz objects the pipeline writes between stages (worker/pipeline/prepared.py, outputs.py)."""
+"""Reading the .npz objects the pipeline writes between stages (worker/formats/prepared.py, outputs.py)."""
 
 from __future__ import annotations
 

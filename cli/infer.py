@@ -17,9 +17,9 @@ from typing import Any, TextIO
 
 from radstream.settings import Settings
 from worker.inference.client import TritonClient, TritonError, TritonUnavailable
-from worker.inference.preprocess import PreprocessError, read_dataset
 from worker.inference.service import InferenceService, NoModelForImage
-from worker.inference.spec import load_specs
+from worker.models.preprocess import PreprocessError, read_dataset
+from worker.models.spec import load_specs
 
 EXIT_OK = 0
 EXIT_SOME_FAILED = 1

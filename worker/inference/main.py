@@ -10,11 +10,11 @@ from contextlib import AsyncExitStack
 from radstream.dicom import quiet_dicom_libraries
 from radstream.settings import Settings
 from radstream.telemetry import BufferedTelemetry
-from worker.consumer import InferenceWorker
 from worker.inference.batcher import Batcher
 from worker.inference.client import TritonClient
-from worker.inference.spec import load_specs
-from worker.pipeline.context import stage_context
+from worker.inference.consumer import InferenceWorker
+from worker.models.spec import load_specs
+from worker.stages.context import stage_context
 
 log = logging.getLogger("radstream.worker")
 

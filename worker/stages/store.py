@@ -13,13 +13,13 @@ import pydicom
 from radstream import keys
 from radstream.status import StudyState, utcnow
 from radstream.telemetry import TelemetryEvent
-from worker.inference.types import InstanceOutput
-from worker.pipeline import outputs as output_codec
-from worker.pipeline.common import read_manifest, timed
-from worker.pipeline.context import StageContext
-from worker.pipeline.errors import TransientError
-from worker.pipeline.validate import specs_in
+from worker.formats import outputs as output_codec
+from worker.formats.errors import TransientError
+from worker.formats.types import InstanceOutput
 from worker.results import build_result_document, build_segs, build_sr, dataset_to_bytes
+from worker.stages.common import read_manifest, timed
+from worker.stages.context import StageContext
+from worker.stages.validate import specs_in
 
 RESULT_JSON = "result.json"
 RESULT_SR = "report.sr.dcm"
