@@ -16,9 +16,12 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from radstream.settings import Settings
-from worker.inference.client import TritonClient, TritonError, TritonUnavailable
-from worker.inference.service import InferenceService, NoModelForImage
-from worker.models.preprocess import PreprocessError, read_dataset
+from worker.inference.errors import NoModelForImage
+from worker.inference.service import InferenceService
+from worker.inference.triton.client import TritonClient
+from worker.inference.triton.errors import TritonError, TritonUnavailable
+from worker.models.errors import PreprocessError
+from worker.models.preprocess import read_dataset
 from worker.models.spec import load_specs
 
 EXIT_OK = 0

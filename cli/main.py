@@ -1,4 +1,7 @@
-"""The ``radstream`` command: up | send | status | results | infer | stats | bench."""
+"""The ``radstream`` command: up | send | status | results | infer | stats | bench | worker.
+
+The top of the layers: it may import every package (the local stack, the worker, the load tests); nothing
+imports it."""
 
 from __future__ import annotations
 
@@ -57,8 +60,8 @@ def _settings() -> Settings:
 @app.command()
 def up() -> None:
     """Run the whole embedded stack in the foreground (Ctrl-C stops every child)."""
-    from infra.local.stack import StackError, run
-    from infra.local.supervisor import ChildFailed
+    from infra.local.errors import ChildFailed, StackError
+    from infra.local.stack import run
 
     settings = _settings()
     try:
@@ -250,27 +253,21 @@ def bench(
     ] = None,
 ) -> None:
     """Benchmark everything against its reference in one run; writes a report, JSON and plots to --out."""
-    import importlib
     import shlex
     import sys
 
-    from radstream.settings import PROJECT_ROOT
+    from loadtest import cpus as cpu_pinning
+    from loadtest.harness import run_bench
 
-    # loadtest/ lives in the repository and is not an installed package (pyproject installs radstream,
-    # gateway, worker and infra), so the console script cannot import it without the repository root.
-    # import_module, not an import statement: loadtest is not among the packages mypy checks.
-    if str(PROJECT_ROOT) not in sys.path:
-        sys.path.insert(0, str(PROJECT_ROOT))
-    harness = importlib.import_module("loadtest.harness")
     if cpus is not None:
         try:
-            importlib.import_module("loadtest.cpus").pin(cpus)
+            cpu_pinning.pin(cpus)
         except ValueError as exc:
             console.print(f"[red]{exc}[/]")
             raise typer.Exit(2) from exc
 
     command = "radstream " + " ".join(shlex.quote(arg) for arg in sys.argv[1:])
-    result: dict[str, Any] = harness.run_bench(out, quick=quick, command=command)
+    result: dict[str, Any] = run_bench(out, quick=quick, command=command)
     failed = [name for name, value in result.items() if isinstance(value, dict) and "error" in value]
     console.print(f"report: {out / 'report.md'}  ({result['duration_s']:.0f} s)")
     for name in failed:

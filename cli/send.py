@@ -23,7 +23,8 @@ from typing import Any
 import httpx
 import pydicom
 
-from radstream.dicom import DicomPartError, read_header, starts_with_file_meta
+from radstream.dicom import read_header, starts_with_file_meta
+from radstream.errors import DicomPartError
 
 FAILURE_REASON = "00081197"
 WARNING_REASON = "00081196"

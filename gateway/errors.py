@@ -1,4 +1,7 @@
-"""One handler renders every RadStreamError as ``{"error", "detail"}``; routes document theirs."""
+"""One handler renders every RadStreamError as ``{"error", "detail"}``; routes document theirs.
+
+A 5xx is logged with the error's log message (which may name the bucket, table or key that refused); the
+client reads only its detail. Every 503 says when to come back (Retry-After)."""
 
 from __future__ import annotations
 
@@ -10,8 +13,6 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
-from radstream.aws.config import error_code
-from radstream.aws.s3 import StorageError
 from radstream.errors import RadStreamError
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,8 @@ def _retry_after(request: Request) -> str:
 
 async def _radstream_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RadStreamError)
+    if exc.status_code >= 500 and exc.status_code != 503:
+        log.error("%s %s: %s: %s", request.method, request.url.path, exc.error, exc)
     headers = dict(exc.headers or {})
     if exc.status_code == 503 and "Retry-After" not in headers:  # every 503 says when to come back
         headers["Retry-After"] = _retry_after(request)
@@ -64,16 +67,6 @@ async def _radstream_error(request: Request, exc: Exception) -> JSONResponse:
         content={"error": exc.error, "detail": exc.detail},
         headers=headers or None,
     )
-
-
-async def _storage_error(request: Request, exc: Exception) -> JSONResponse:
-    """Storage refused for good (AccessDenied, a missing bucket or table): not the client's fault and not
-    worth a retry. The log has the whole error; the client gets its code, no bucket or key names."""
-    assert isinstance(exc, StorageError)
-    log.error("%s %s: storage refused the request: %s", request.method, request.url.path, exc)
-    code = error_code(exc.__cause__) if exc.__cause__ is not None else ""
-    detail = "the object store or the status table refused the request" + (f" ({code})" if code else "")
-    return JSONResponse(status_code=500, content={"error": "storage_error", "detail": detail})
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
@@ -85,5 +78,4 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
 
 def install(app: FastAPI) -> None:
     app.add_exception_handler(RadStreamError, _radstream_error)
-    app.add_exception_handler(StorageError, _storage_error)
     app.add_exception_handler(RequestValidationError, _validation_error)

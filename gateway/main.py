@@ -11,11 +11,12 @@ from fastapi import FastAPI
 from gateway import errors
 from gateway.auth import KeyRing
 from gateway.dicomweb.endpoints import router as dicomweb_router
+from gateway.dicomweb.stow import StowService
 from gateway.health.endpoints import router as health_router
 from gateway.metrics import Metrics, MetricsMiddleware
 from gateway.services import build_services
 from gateway.studies.endpoints import router as studies_router
-from radstream.dicom import quiet_dicom_libraries
+from radstream.dicom import keep_values_out_of_logs, read_values_unvalidated
 from radstream.settings import Settings, get_settings
 
 DESCRIPTION = """\
@@ -29,7 +30,8 @@ tenant never sees another tenant's data (it gets 404).
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
-    quiet_dicom_libraries()
+    read_values_unvalidated()
+    keep_values_out_of_logs()
     keys = settings.tenant_keys()
     if not keys:
         raise RuntimeError("no API keys configured: set RADSTREAM_API_KEYS=tenant:key,...")
@@ -39,7 +41,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         async with build_services(settings, keyring, metrics) as services:
-            yield {"services": services}
+            stow = StowService(settings, services.images, services.status, metrics, services.telemetry)
+            yield {"services": services, "stow": stow}
 
     app = FastAPI(
         title="RadStream",

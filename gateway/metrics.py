@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-if TYPE_CHECKING:
-    from gateway.dicomweb.stow import StowOutcome
+from radstream.ingest.outcome import IngestOutcome
 
 
 class Metrics:
@@ -48,7 +46,7 @@ class Metrics:
             registry=self.registry,
         )
 
-    def record_stow(self, outcome: StowOutcome) -> None:
+    def record_stow(self, outcome: IngestOutcome) -> None:
         for inst in outcome.stored:
             if inst.created:
                 self.instances_stored.inc()

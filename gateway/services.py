@@ -1,4 +1,5 @@
-"""What the routes use, built once in the app's lifespan and injected per request."""
+"""What every domain's routes use (settings, the key ring, metrics, the stores and telemetry), built once in
+the app's lifespan and injected per request. A domain's own service is injected by that domain."""
 
 from __future__ import annotations
 
@@ -11,13 +12,14 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from gateway.auth import KeyRing
-from gateway.dicomweb.stow import StowService
 from gateway.metrics import Metrics
-from radstream.aws import config as aws
+from radstream.aws.dynamodb import StatusStore
 from radstream.aws.s3 import ObjectStore
+from radstream.clients import open_clients
 from radstream.settings import Settings
-from radstream.status import StatusStore
-from radstream.telemetry import BufferedTelemetry, Telemetry
+from radstream.telemetry import BufferedTelemetry
+
+GATEWAY_S3_CONNECTIONS = 128  # instances of many STOW-RS requests are written at once
 
 
 @dataclass
@@ -28,33 +30,25 @@ class Services:
     images: ObjectStore
     results: ObjectStore
     status: StatusStore
-    stow: StowService
+    telemetry: BufferedTelemetry
     stow_slots: asyncio.Semaphore
 
 
 @asynccontextmanager
 async def build_services(settings: Settings, keyring: KeyRing, metrics: Metrics) -> AsyncIterator[Services]:
-    session = aws.session(settings)
     async with AsyncExitStack() as stack:
-        s3 = await stack.enter_async_context(
-            session.client("s3", **aws.client_kwargs(settings, max_pool_connections=128))
-        )
-        ddb = await stack.enter_async_context(session.client("dynamodb", **aws.client_kwargs(settings)))
-        kinesis = await stack.enter_async_context(session.client("kinesis", **aws.client_kwargs(settings)))
-        telemetry = BufferedTelemetry(Telemetry(kinesis, settings.telemetry_stream))
+        clients = await stack.enter_async_context(open_clients(settings, s3_connections=GATEWAY_S3_CONNECTIONS))
+        telemetry = BufferedTelemetry(clients.telemetry)
         await telemetry.start()
         stack.push_async_callback(telemetry.close)
-        images = ObjectStore(s3, settings.images_bucket, kms_key_id=settings.kms_key_id)
-        results = ObjectStore(s3, settings.results_bucket, kms_key_id=settings.kms_key_id)
-        status = StatusStore(ddb, settings.status_table)
         yield Services(
             settings=settings,
             keyring=keyring,
             metrics=metrics,
-            images=images,
-            results=results,
-            status=status,
-            stow=StowService(settings, images, status, metrics, telemetry),
+            images=clients.images,
+            results=clients.results,
+            status=clients.status,
+            telemetry=telemetry,
             stow_slots=asyncio.Semaphore(settings.max_concurrent_stow_requests),
         )
 

@@ -36,14 +36,15 @@ import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 
+from infra.local.errors import ChildFailed
 from infra.local.processes import free_port
-from infra.local.supervisor import ChildFailed, Supervisor
+from infra.local.supervisor import Supervisor
 from infra.local.triton import triton_process_spec
 from loadtest import cpus
 from loadtest.phantoms import make_phantom, to_ct_dataset
 from radstream.settings import PROJECT_ROOT, Settings
 from worker.inference.batcher import Batcher
-from worker.inference.client import TritonClient
+from worker.inference.triton.client import TritonClient
 from worker.models.preprocess import prepare
 from worker.models.spec import ModelSpec, load_specs
 

@@ -25,7 +25,7 @@ import httpx
 import numpy as np
 from pydicom.uid import generate_uid
 
-from infra.local.emulator import emulator_process_spec
+from infra.local.emulator.process import emulator_process_spec
 from infra.local.provision import provision
 from infra.local.stack import child_env, gateway_process_spec, isolated_settings
 from infra.local.supervisor import Supervisor

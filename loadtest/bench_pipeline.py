@@ -24,7 +24,7 @@ from typing import Any
 
 import httpx
 
-from infra.local.emulator import emulator_process_spec
+from infra.local.emulator.process import emulator_process_spec
 from infra.local.provision import provision
 from infra.local.stack import child_env, isolated_settings, process_specs
 from infra.local.supervisor import Supervisor

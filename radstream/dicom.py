@@ -11,7 +11,6 @@ import logging
 import warnings
 import zlib
 from dataclasses import dataclass, field
-from enum import IntEnum
 from typing import BinaryIO, cast
 
 import pydicom
@@ -21,76 +20,30 @@ from pydicom.errors import InvalidDicomError
 from pydicom.filereader import _read_file_meta_info, read_dataset, read_partial, read_preamble
 from pydicom.uid import UID, AllTransferSyntaxes, DeflatedExplicitVRLittleEndian
 
+from radstream.errors import DicomPartError, FailureReason, WarningReason
 from radstream.keys import is_uid
 
 KNOWN_TRANSFER_SYNTAXES = frozenset(str(uid) for uid in AllTransferSyntaxes)
 
 
-def quiet_dicom_libraries() -> None:
-    """Keep element values out of this process's logs. pydicom reports an invalid value by quoting it
+def read_values_unvalidated() -> None:
+    """Process-wide: pydicom does not validate element values when it reads. The gateway stores what it
+    was sent, and the results builders handle what does not parse; validating on read would only make
+    pydicom describe (quote) the invalid values. Called once by each service at start."""
+    pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+
+
+def keep_values_out_of_logs() -> None:
+    """Process-wide: keep element values out of the logs. pydicom reports an invalid value by quoting it
     ("Invalid value for VR DA: '1961-04-07'") through its logger and Python warnings, highdicom a doubtful
     patient name through its logger, and a birth date or a patient name would reach the logs that way.
-    Values are not validated when read (the gateway stores what it was sent; the results builders handle
-    what does not parse) and both loggers are silenced: a failure they would describe surfaces as an
+    Both loggers are silenced and their warnings ignored: a failure they would describe surfaces as an
     exception, which our code reports by type and place (radstream.errors.describe)."""
-    pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
     for name in ("pydicom", "highdicom"):
         library_log = logging.getLogger(name)
         library_log.setLevel(logging.CRITICAL + 1)
         library_log.propagate = False
     warnings.filterwarnings("ignore", category=UserWarning, module=r"(pydicom|highdicom)(\.|$)")
-
-
-class FailureReason(IntEnum):
-    """Failure Reason (0008,1197) values used in Store Instances Responses (PS3.18 Annex I)."""
-
-    PROCESSING_FAILURE = 0x0110
-    DUPLICATE_SOP_INSTANCE = 0x0111  # different bytes under a SOP Instance UID already stored
-    OUT_OF_RESOURCES = 0xA700
-    STUDY_UID_MISMATCH = 0xA900  # the instance's Study Instance UID does not match the request path
-    CANNOT_UNDERSTAND = 0xC000  # not a DICOM Part 10 stream, or it could not be parsed
-    MISSING_ATTRIBUTE = 0xC001  # a required attribute (SOP Class/Instance, Study/Series UID) is absent
-    INVALID_ATTRIBUTE = 0xC002  # a required attribute is present but not a valid UID
-    TRUNCATED_PART = 0xC003  # the multipart body ended inside this part
-    NOT_APPLICATION_DICOM = 0xC004  # the part's own Content-Type is not application/dicom
-    TRANSFER_SYNTAX_NOT_SUPPORTED = 0xC122
-
-
-class WarningReason(IntEnum):
-    """Warning Reason (0008,1196) values (PS3.18 Annex I)."""
-
-    COERCION_OF_DATA_ELEMENTS = 0xB000
-    DATA_SET_DOES_NOT_MATCH_SOP_CLASS = 0xB007
-
-
-# Failures that mean "the request conflicts with what the server accepts" (HTTP 409 when nothing stored).
-CONFLICT_REASONS = frozenset(
-    {
-        FailureReason.DUPLICATE_SOP_INSTANCE,
-        FailureReason.STUDY_UID_MISMATCH,
-        FailureReason.TRANSFER_SYNTAX_NOT_SUPPORTED,
-    }
-)
-# Failures caused by the server's storage, not by the data (HTTP 503 when nothing stored).
-RESOURCE_REASONS = frozenset({FailureReason.OUT_OF_RESOURCES, FailureReason.PROCESSING_FAILURE})
-
-
-class DicomPartError(Exception):
-    """One part could not be accepted; ``reason`` goes into FailedSOPSequence."""
-
-    def __init__(
-        self,
-        reason: FailureReason,
-        detail: str,
-        *,
-        sop_class_uid: str | None = None,
-        sop_instance_uid: str | None = None,
-    ) -> None:
-        super().__init__(detail)
-        self.reason = reason
-        self.detail = detail
-        self.sop_class_uid = sop_class_uid
-        self.sop_instance_uid = sop_instance_uid
 
 
 @dataclass(frozen=True)

@@ -76,6 +76,10 @@ def parse_manifest_key(key: str) -> tuple[str, str, str]:
     return parts[1], parts[2], parts[3].removesuffix(".json")
 
 
+RESULT_JSON = "result.json"  # results/{tenant}/{study}/result.json: the result document, written last
+RESULT_SR = "report.sr.dcm"  # the SR's name, under the run's prefix (and at the top for older results)
+
+
 def result_key(tenant: str, study: str, name: str) -> str:
     _check(tenant, study)
     return f"results/{tenant}/{study}/{name}"

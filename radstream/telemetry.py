@@ -1,4 +1,6 @@
-"""Telemetry events: typed, versioned, PHI-free; batched to Kinesis with retry of failed records.
+"""Telemetry events: typed, versioned, PHI-free; buffered for long-running services. The Kinesis stream they
+go to is radstream/aws/kinesis.py (``TelemetryStream.send``, async); ``BufferedTelemetry.emit`` only
+buffers (sync) and sends once per interval.
 
 Fields are identifiers and timings only. Nothing here may carry patient names, IDs or birth dates: the
 model has no field for them, and ``reason`` strings are built by our code from error class names.
@@ -8,19 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import uuid
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, Field
 
 log = logging.getLogger("radstream.telemetry")
 
 SCHEMA_VERSION = "1"
-MAX_RECORDS_PER_CALL = 500  # Kinesis PutRecords limit
-MAX_ATTEMPTS = 4
+MAX_RECORDS_PER_CALL = 500  # Kinesis PutRecords limit: a full buffer is sent at once
 
 Stage = Literal["stow", "validate", "prepare", "inference_queue", "inference", "store", "failed", "end_to_end", "batch"]
 Outcome = Literal["ok", "failed", "no_model", "retry"]
@@ -47,36 +47,13 @@ class TelemetryEvent(BaseModel):
         return data
 
 
-class Telemetry:
-    """Sends events to the Kinesis stream; failures are logged, never raised into the pipeline."""
-
-    def __init__(self, kinesis: Any, stream: str) -> None:
-        self._kinesis = kinesis
-        self.stream = stream
-
-    async def emit(self, *events: TelemetryEvent) -> None:
-        for start in range(0, len(events), MAX_RECORDS_PER_CALL):
-            await self._put([e.record() for e in events[start : start + MAX_RECORDS_PER_CALL]])
-
-    async def _put(self, records: list[dict[str, Any]]) -> None:
-        pending = [
-            {"Data": (json.dumps(r, separators=(",", ":")) + "\n").encode(), "PartitionKey": r["study_uid"] or "-"}
-            for r in records
-        ]
-        for attempt in range(MAX_ATTEMPTS):
-            try:
-                response = await self._kinesis.put_records(StreamName=self.stream, Records=pending)
-            except Exception as exc:
-                log.warning("telemetry put_records failed (attempt %d): %s", attempt + 1, type(exc).__name__)
-            else:
-                if not response.get("FailedRecordCount"):
-                    return
-                pending = [rec for rec, res in zip(pending, response["Records"], strict=True) if "ErrorCode" in res]
-            await asyncio.sleep(0.05 * 2**attempt)
-        log.error("dropped %d telemetry records after %d attempts", len(pending), MAX_ATTEMPTS)
-
-
 CLOSE_TIMEOUT_S = 10.0
+
+
+class EventSink(Protocol):
+    """Where events go: the Kinesis stream (radstream/aws/kinesis.py, ``TelemetryStream``)."""
+
+    async def send(self, *events: TelemetryEvent) -> None: ...
 
 
 class BufferedTelemetry:
@@ -85,8 +62,8 @@ class BufferedTelemetry:
     left. One second between sends: a data lake needs no fresher events, and under load each call carries
     more of them (Firehose buffers for a minute anyway)."""
 
-    def __init__(self, telemetry: Telemetry, *, interval_s: float = 1.0, max_buffer: int = 10_000) -> None:
-        self._telemetry = telemetry
+    def __init__(self, stream: EventSink, *, interval_s: float = 1.0, max_buffer: int = 10_000) -> None:
+        self._stream = stream
         self._interval_s = interval_s
         self._max_buffer = max_buffer
         self._buffer: list[TelemetryEvent] = []
@@ -124,7 +101,7 @@ class BufferedTelemetry:
     async def flush(self) -> None:
         events, self._buffer = self._buffer, []
         if events:
-            await self._telemetry.emit(*events)
+            await self._stream.send(*events)
 
     async def _loop(self) -> None:
         while not self._stopping:

@@ -11,7 +11,7 @@ from typing import Any
 import boto3
 import pytest
 
-from infra.local.emulator import emulator_process_spec
+from infra.local.emulator.process import emulator_process_spec
 from infra.local.provision import provision
 from infra.local.stack import child_env, gateway_process_spec
 from infra.local.supervisor import Supervisor

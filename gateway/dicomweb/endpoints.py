@@ -6,20 +6,19 @@ import uuid
 from collections.abc import AsyncGenerator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Path, Request
+from fastapi import APIRouter, Header, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from gateway.auth import Tenant
 from gateway.dicomweb import wado
 from gateway.dicomweb.responses import DICOM_JSON, store_instances_response
+from gateway.dicomweb.stow import StowDep
 from gateway.errors import ErrorBody, error_responses
+from gateway.params import Uid
 from gateway.services import ServicesDep
 from radstream.errors import NotAcceptable, NotFound, ServiceBusy
 
 router = APIRouter(prefix="/dicomweb", tags=["DICOMweb"])
-
-UID_PATTERN = r"^[0-9]+(\.[0-9]+)*$"
-Uid = Annotated[str, Path(pattern=UID_PATTERN, max_length=64, description="a DICOM UID")]
 
 _STORE_EXAMPLE = {
     "00081190": {"vr": "UR", "Value": ["http://127.0.0.1:8080/dicomweb/studies/1.2.3"]},
@@ -85,13 +84,13 @@ _STOW_BODY = {
 }
 
 
-async def _stow(request: Request, services: ServicesDep, tenant: str, study: str | None) -> JSONResponse:
+async def _stow(request: Request, services: ServicesDep, stow: StowDep, tenant: str, study: str | None) -> JSONResponse:
     retry_after = {"Retry-After": str(services.settings.storage_retry_after_s)}
     if services.stow_slots.locked():
         raise ServiceBusy("too many concurrent uploads; retry later", headers=retry_after)
     length = request.headers.get("content-length")
     async with services.stow_slots:
-        outcome = await services.stow.store(
+        outcome = await stow.store(
             tenant=tenant,
             path_study_uid=study,
             content_type=request.headers.get("content-type"),
@@ -111,8 +110,8 @@ async def _stow(request: Request, services: ServicesDep, tenant: str, study: str
     responses=_STOW_RESPONSES,
     openapi_extra=_STOW_BODY,
 )
-async def store_instances(request: Request, services: ServicesDep, tenant: Tenant) -> JSONResponse:
-    return await _stow(request, services, tenant, None)
+async def store_instances(request: Request, services: ServicesDep, stow: StowDep, tenant: Tenant) -> JSONResponse:
+    return await _stow(request, services, stow, tenant, None)
 
 
 @router.post(
@@ -122,8 +121,10 @@ async def store_instances(request: Request, services: ServicesDep, tenant: Tenan
     responses=_STOW_RESPONSES,
     openapi_extra=_STOW_BODY,
 )
-async def store_study_instances(request: Request, services: ServicesDep, tenant: Tenant, study: Uid) -> JSONResponse:
-    return await _stow(request, services, tenant, study)
+async def store_study_instances(
+    request: Request, services: ServicesDep, stow: StowDep, tenant: Tenant, study: Uid
+) -> JSONResponse:
+    return await _stow(request, services, stow, tenant, study)
 
 
 @router.get(

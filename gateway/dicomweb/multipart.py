@@ -64,7 +64,7 @@ def parse_headers(block: bytes) -> dict[str, str]:
 
 
 class MultipartParser:
-    """Incremental parser; call :meth:`feed` for each chunk, then :meth:`finish`."""
+    """Incremental parser; call :meth:`feed` for each chunk, then look at :attr:`complete` and :attr:`in_part`."""
 
     def __init__(self, boundary: str) -> None:
         if not boundary or len(boundary) > MAX_BOUNDARY_LENGTH:
@@ -131,9 +131,9 @@ class MultipartParser:
                 del buf[:2]
                 headers: dict[str, str] = {}
             else:
-                end = buf.find(b"\r\n\r\n")
+                end = buf.find(b"\r\n\r\n", 0, MAX_PART_HEADER_BYTES + 4)
                 if end < 0:
-                    if len(buf) > MAX_PART_HEADER_BYTES:
+                    if len(buf) >= MAX_PART_HEADER_BYTES + 4:  # whatever the chunking
                         raise MultipartError("part headers exceed 16 KiB")
                     return False
                 headers = parse_headers(bytes(buf[:end]))

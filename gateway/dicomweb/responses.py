@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.dicomweb.stow import FailedInstance, StoredInstance, StowOutcome
+from radstream.ingest.outcome import FailedInstance, IngestOutcome, StoredInstance
 
 DICOM_JSON = "application/dicom+json"
 
@@ -49,7 +49,7 @@ def _failed(inst: FailedInstance) -> dict[str, Any]:
     return item
 
 
-def store_instances_response(base_url: str, outcome: StowOutcome) -> dict[str, Any]:
+def store_instances_response(base_url: str, outcome: IngestOutcome) -> dict[str, Any]:
     body: dict[str, Any] = {}
     studies = {s.header.study_instance_uid for s in outcome.stored}
     study = outcome.study_instance_uid or (next(iter(studies)) if len(studies) == 1 else None)

@@ -5,8 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 
 from gateway.auth import Tenant
-from gateway.dicomweb.endpoints import Uid
 from gateway.errors import error_responses
+from gateway.params import Uid
 from gateway.services import ServicesDep
 from gateway.studies import service
 from radstream.status import StudyStatus

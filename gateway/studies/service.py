@@ -8,8 +8,7 @@ import json
 from gateway.services import Services
 from radstream import keys, manifest
 from radstream.errors import NotFound
-from radstream.status import StudyState, StudyStatus
-from worker.stages.store import NO_MODEL_DETAIL, RESULT_JSON, RESULT_SR
+from radstream.status import NO_MODEL_DETAIL, StudyState, StudyStatus
 
 
 async def study_status(services: Services, tenant: str, study: str) -> StudyStatus:
@@ -22,7 +21,7 @@ async def study_status(services: Services, tenant: str, study: str) -> StudyStat
 
 
 async def result_json(services: Services, tenant: str, study: str) -> bytes:
-    return await _result(services, tenant, study, RESULT_JSON)
+    return await _result(services, tenant, study, keys.RESULT_JSON)
 
 
 async def result_sr(services: Services, tenant: str, study: str) -> bytes:
@@ -34,7 +33,7 @@ async def result_sr(services: Services, tenant: str, study: str) -> bytes:
     key = reports[0].get("key") if reports and isinstance(reports[0], dict) else None
     if isinstance(key, str) and key.startswith(keys.result_key(tenant, study, "")):
         return await services.results.get_bytes(key)
-    return await _result(services, tenant, study, RESULT_SR)
+    return await _result(services, tenant, study, keys.RESULT_SR)
 
 
 async def _result(services: Services, tenant: str, study: str, name: str) -> bytes:
@@ -44,6 +43,6 @@ async def _result(services: Services, tenant: str, study: str, name: str) -> byt
         status = await services.status.get(tenant, study, instances=0, series=0)
         if status is None:
             raise NotFound(f"study {study} not found") from None
-        if status.status is StudyState.COMPLETED and name == RESULT_SR:
+        if status.status is StudyState.COMPLETED and name == keys.RESULT_SR:
             raise NotFound(f"study {study} has no DICOM SR: {NO_MODEL_DETAIL}") from None
         raise NotFound(f"study {study} has no results yet (status: {status.status.value})") from None

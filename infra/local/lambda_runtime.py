@@ -1,6 +1,6 @@
 """The local Lambda runtime: runs handler code for the emulator, in a process of its own.
 
-moto runs Lambda code only in Docker. ``infra/local/moto_gaps.py`` forwards each ``Invoke`` here:
+moto runs Lambda code only in Docker. ``infra/local/emulator/`` forwards each ``Invoke`` here:
 ``POST /invoke {"handler": "worker.stages.main.validate_metadata", "event": {...}}``. The answer is
 ``{"result": ...}`` or ``{"error": {"errorType", "errorMessage", "stackTrace"}}``, the payload the real
 Lambda runtime returns for an exception, so Step Functions' Retry/Catch see our typed error names.
@@ -13,12 +13,18 @@ import argparse
 import importlib
 import json
 import logging
+import os
 import signal
+import sys
 import threading
 import traceback
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from infra.local.emulator.process import http_ok
+from infra.local.processes import SINGLE_THREADED_MATH, ProcessSpec
+from radstream.settings import Settings, settings_env
 
 log = logging.getLogger("radstream.lambda")
 _HANDLERS: dict[str, Callable[[dict[str, Any], object], Any]] = {}
@@ -83,6 +89,18 @@ class _Handler(BaseHTTPRequestHandler):
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 128  # socketserver's default backlog of 5 resets connections in bursts
+
+
+def lambda_runtime_process_spec(settings: Settings) -> ProcessSpec:
+    """Runs Lambda handler code for the emulator (this module, as a process of its own)."""
+    port = settings.lambda_runtime_port
+    return ProcessSpec(
+        name="lambda-runtime",
+        argv=[sys.executable, "-m", "infra.local.lambda_runtime", "--port", str(port)],
+        env={**os.environ, **settings_env(settings), **SINGLE_THREADED_MATH},
+        ready=lambda: http_ok(f"http://127.0.0.1:{port}/health"),
+        ready_timeout_s=30.0,
+    )
 
 
 def main() -> None:

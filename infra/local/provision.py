@@ -92,7 +92,7 @@ _TRUST = {
 
 
 def _code_zip() -> bytes:
-    """Lambda needs a package; the emulator runs the handler from this checkout (see moto_gaps.py)."""
+    """Lambda needs a package; the emulator runs the handler from this checkout (see infra/local/emulator/)."""
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as zf:
         zf.writestr("README.txt", "handlers run in-process from the radstream package")

@@ -17,19 +17,17 @@ from pathlib import Path
 from typing import IO
 from urllib.parse import urlsplit
 
-from infra.local.emulator import emulator_process_spec, http_ok, lambda_runtime_process_spec
+from infra.local.emulator.process import emulator_process_spec, http_ok
+from infra.local.errors import Interrupted, StackError
+from infra.local.lambda_runtime import lambda_runtime_process_spec
 from infra.local.processes import SINGLE_THREADED_MATH, ProcessSpec, free_port
 from infra.local.provision import provision
-from infra.local.supervisor import Interrupted, StopFlag, Supervisor
+from infra.local.supervisor import StopFlag, Supervisor
 from infra.local.triton import triton_process_spec
 from radstream.settings import Settings, settings_env
 
 log = logging.getLogger("radstream.stack")
 LOCAL_TENANT = "local"
-
-
-class StackError(RuntimeError):
-    """The stack cannot start as configured; the message says why and what to do."""
 
 
 def ensure_api_keys(settings: Settings) -> str:

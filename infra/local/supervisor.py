@@ -10,17 +10,10 @@ import time
 from collections.abc import Callable
 from types import FrameType
 
+from infra.local.errors import ChildFailed, Interrupted
 from infra.local.processes import ProcessSpec
 
 log = logging.getLogger("radstream.supervisor")
-
-
-class ChildFailed(RuntimeError):
-    pass
-
-
-class Interrupted(Exception):
-    """A stop was asked for (a signal) while a child was starting."""
 
 
 LOG_TAIL_LINES = 20

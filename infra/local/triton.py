@@ -18,6 +18,7 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
+from infra.local.errors import TritonNotInstalled
 from infra.local.processes import ProcessSpec
 from radstream.settings import Settings
 from worker.models.tritonconfig import build_local_repository
@@ -26,10 +27,6 @@ READY_PROBE_TIMEOUT_S = 1.0
 #: Python-backend shared memory between tritonserver and the model stubs; grows on demand.
 PYTHON_SHM_DEFAULT_BYTES = 16 * 1024 * 1024
 PYTHON_SHM_GROWTH_BYTES = 16 * 1024 * 1024
-
-
-class TritonNotInstalled(RuntimeError):
-    """The nvidia-pytriton distribution (which bundles tritonserver) is not importable."""
 
 
 def _pytriton_dir() -> Path:

@@ -65,12 +65,6 @@ def cache_endpoints_by_what_the_rules_read() -> None:
         EndpointProvider._radstream_patched = True  # type: ignore[attr-defined]
 
 
-def error_code(exc: BaseException) -> str:
-    """The AWS error code of a botocore ClientError (``Error.Code``); empty for anything else."""
-    response = getattr(exc, "response", None)
-    return str(response.get("Error", {}).get("Code", "")) if isinstance(response, dict) else ""
-
-
 def session(settings: Settings) -> aioboto3.Session:
     cache_endpoints_by_what_the_rules_read()
     if settings.aws_endpoint_url is not None:

@@ -14,27 +14,20 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import IO, Any
 
-from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError
+from botocore.exceptions import ClientError
 
-from radstream.aws.config import error_code
+from radstream.aws.errors import error_code, translate
 from radstream.errors import NotFound, StorageUnavailable
 
 SHA256_METADATA_KEY = "sha256"
 TRANSFER_SYNTAX_METADATA_KEY = "transfer-syntax"  # of a DICOM instance, so WADO-RS can label it unread
 REQUEST_METADATA_KEY = "request-id"
-_UNAVAILABLE_CODES = frozenset({"ServiceUnavailable", "SlowDown", "InternalError", "RequestTimeout", "503"})
-# DynamoDB's throttling answers are 400s, but what they say is "retry later", as a 503 does.
-THROTTLING_CODES = frozenset({"ProvisionedThroughputExceededException", "ThrottlingException", "RequestLimitExceeded"})
 
 
 class PutOutcome(enum.Enum):
     CREATED = "created"
     IDENTICAL = "identical"
     CONFLICT = "conflict"
-
-
-class StorageError(Exception):
-    """A storage call failed for a reason other than unavailability (permissions, bad request)."""
 
 
 @dataclass(frozen=True)
@@ -50,25 +43,6 @@ class StoredObject:
 class PutResult:
     outcome: PutOutcome
     existing: StoredObject | None = None  # what was there already (IDENTICAL, CONFLICT)
-
-
-def _is_unavailable(exc: Exception) -> bool:
-    if isinstance(exc, (EndpointConnectionError, BotoCoreError, OSError, TimeoutError)):
-        return True
-    if isinstance(exc, ClientError):
-        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-        return error_code(exc) in _UNAVAILABLE_CODES | THROTTLING_CODES or status >= 500
-    return False
-
-
-def translate(exc: Exception, what: str) -> Exception:
-    """Map a boto exception onto StorageUnavailable (retry later: no answer, a 5xx, or throttled once the
-    SDK's own retries were spent) or StorageError (do not retry)."""
-    if error_code(exc) in THROTTLING_CODES:
-        return StorageUnavailable(f"storage unavailable during {what}: throttled ({error_code(exc)})")
-    if _is_unavailable(exc):
-        return StorageUnavailable(f"storage unavailable during {what}: {type(exc).__name__}")
-    return StorageError(f"{what} failed: {exc}")
 
 
 class ObjectStore:

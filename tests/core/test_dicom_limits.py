@@ -15,7 +15,8 @@ from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from loadtest import synthetic
 from radstream import dicom
-from radstream.dicom import DicomPartError, FailureReason, read_header
+from radstream.dicom import read_header
+from radstream.errors import DicomPartError, FailureReason
 
 
 def _part10(ds: Dataset, body: bytes | None = None) -> bytes:

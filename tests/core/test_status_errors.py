@@ -7,9 +7,9 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
-from radstream.aws.s3 import StorageError
-from radstream.errors import StorageUnavailable
-from radstream.status import StatusStore, StudyState
+from radstream.aws.dynamodb import StatusStore
+from radstream.errors import StorageError, StorageUnavailable
+from radstream.status import StudyState
 
 
 class FailingTable:

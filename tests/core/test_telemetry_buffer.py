@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from radstream.telemetry import BufferedTelemetry, Telemetry, TelemetryEvent
+from radstream.aws.kinesis import TelemetryStream
+from radstream.telemetry import BufferedTelemetry, TelemetryEvent
 
 
 class SlowKinesis:
@@ -29,7 +30,7 @@ def _event(i: int) -> TelemetryEvent:
 
 async def test_events_leave_in_batches_not_one_call_each() -> None:
     kinesis = SlowKinesis(delay_s=0.0)
-    buffered = BufferedTelemetry(Telemetry(kinesis, "s"), interval_s=0.2)
+    buffered = BufferedTelemetry(TelemetryStream(kinesis, "s"), interval_s=0.2)
     await buffered.start()
     for i in range(25):
         buffered.emit(_event(i))
@@ -41,7 +42,7 @@ async def test_events_leave_in_batches_not_one_call_each() -> None:
 
 async def test_close_during_a_send_loses_nothing() -> None:
     kinesis = SlowKinesis(delay_s=0.3)
-    buffered = BufferedTelemetry(Telemetry(kinesis, "s"), interval_s=0.05)
+    buffered = BufferedTelemetry(TelemetryStream(kinesis, "s"), interval_s=0.05)
     await buffered.start()
     for i in range(10):
         buffered.emit(_event(i))

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from loadtest import synthetic
-from radstream.dicom import FailureReason
+from radstream.errors import FailureReason
 from radstream.keys import instance_key
 from radstream.settings import Settings
 from tests.conftest import Emulator, Gateway, free_port, make_settings, start_emulator, start_gateway

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from infra.local.emulator import emulator_process_spec
+from infra.local.emulator.process import emulator_process_spec
 from infra.local.processes import ProcessSpec
 from infra.local.stack import child_env, gateway_process_spec, isolated_settings
 from infra.local.supervisor import Supervisor

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from infra.local.emulator import http_ok
+from infra.local.emulator.process import http_ok
 from infra.local.stack import child_env, gateway_process_spec
 from infra.local.supervisor import Supervisor
 from loadtest import synthetic

@@ -18,11 +18,13 @@ from gateway.dicomweb.stow import StowService
 from gateway.metrics import Metrics
 from loadtest import synthetic
 from radstream.aws import config as aws
+from radstream.aws.dynamodb import StatusStore
+from radstream.aws.kinesis import TelemetryStream
 from radstream.aws.s3 import ObjectStore
 from radstream.errors import StorageUnavailable
 from radstream.settings import Settings
-from radstream.status import ReceivedWrite, StatusStore, StudyState
-from radstream.telemetry import BufferedTelemetry, Telemetry
+from radstream.status import ReceivedWrite, StudyState
+from radstream.telemetry import BufferedTelemetry
 from tests.gateway.stowhelp import CONTENT_TYPE, chunks, multipart
 
 TENANT = "alpha"
@@ -42,7 +44,7 @@ async def parts(settings: Settings) -> AsyncIterator[dict[str, Any]]:
         session.client("kinesis", **aws.client_kwargs(settings)) as kinesis,
     ):
         status = StatusStore(ddb, settings.status_table)
-        telemetry = BufferedTelemetry(Telemetry(kinesis, settings.telemetry_stream))
+        telemetry = BufferedTelemetry(TelemetryStream(kinesis, settings.telemetry_stream))
         yield {
             "status": status,
             "images": ObjectStore(s3, settings.images_bucket),
@@ -114,7 +116,7 @@ async def test_an_instance_another_request_was_told_is_stored_survives_the_failu
         _Gate(parts["images"]._s3, settings.images_bucket, b_answered, a_stored),
         parts["status"],
         Metrics(),
-        BufferedTelemetry(Telemetry(None, settings.telemetry_stream)),
+        BufferedTelemetry(TelemetryStream(None, settings.telemetry_stream)),
     )
 
     async def first() -> None:
@@ -202,7 +204,7 @@ async def test_two_failed_requests_for_a_new_study_leave_no_row(settings: Settin
         session.client("dynamodb", **aws.client_kwargs(settings)) as ddb,
         session.client("kinesis", **aws.client_kwargs(settings)) as kinesis,
     ):
-        telemetry = BufferedTelemetry(Telemetry(kinesis, settings.telemetry_stream))
+        telemetry = BufferedTelemetry(TelemetryStream(kinesis, settings.telemetry_stream))
         status_a = _Signalling(ddb, settings.status_table, a_written)
         status_b = _Signalling(ddb, settings.status_table, b_written)
         a = StowService(settings, _Gate(s3, settings.images_bucket, b_written), status_a, Metrics(), telemetry)
@@ -240,7 +242,7 @@ async def test_any_other_failure_while_recording_cleans_up_the_same_way(
         _ManifestsBreak(parts["images"]._s3, settings.images_bucket),
         parts["status"],
         Metrics(),
-        BufferedTelemetry(Telemetry(None, settings.telemetry_stream)),
+        BufferedTelemetry(TelemetryStream(None, settings.telemetry_stream)),
     )
     with pytest.raises(RuntimeError, match="unexpected failure"):
         await _store(breaking, uids, 0)
@@ -271,7 +273,11 @@ async def test_a_resent_study_looks_up_its_creator_s_manifest_once(settings: Set
     assert all(s.created for s in first.stored) and len(first.stored) == 6
     counting = _CountingHeads(parts["images"]._s3, settings.images_bucket)
     resend = StowService(
-        settings, counting, parts["status"], Metrics(), BufferedTelemetry(Telemetry(None, settings.telemetry_stream))
+        settings,
+        counting,
+        parts["status"],
+        Metrics(),
+        BufferedTelemetry(TelemetryStream(None, settings.telemetry_stream)),
     )
     again = await _store(resend, uids, 0, body)
     assert [(s.created, s.adopted) for s in again.stored] == [(False, False)] * 6 and again.manifest_key is None
@@ -307,7 +313,7 @@ async def test_an_instance_stored_but_reported_failed_is_listed_by_the_resend(
         _StoredButReportedFailed(parts["images"]._s3, settings.images_bucket, lost),
         parts["status"],
         Metrics(),
-        BufferedTelemetry(Telemetry(None, settings.telemetry_stream)),
+        BufferedTelemetry(TelemetryStream(None, settings.telemetry_stream)),
     )
     first = await _store(flaky, uids, 0, body)
     assert first.http_status == 202 and [f.sop_instance_uid for f in first.failed] == [lost]

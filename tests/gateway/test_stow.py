@@ -11,7 +11,7 @@ import pytest
 from dicomweb_client.api import DICOMwebClient
 
 from loadtest import synthetic
-from radstream.dicom import FailureReason
+from radstream.errors import FailureReason
 from radstream.keys import instance_key
 from tests.conftest import KEY_BETA, Emulator, Gateway
 from tests.gateway.stowhelp import BOUNDARY, failed, multipart, reasons, referenced, stow

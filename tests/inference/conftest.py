@@ -16,7 +16,7 @@ import pytest
 
 from infra.local.triton import triton_process_spec
 from radstream.settings import PROJECT_ROOT, Settings
-from worker.inference.client import TritonClient
+from worker.inference.triton.client import TritonClient
 from worker.models.spec import ModelSpec, load_specs
 
 MODEL_REPOSITORY = PROJECT_ROOT / "triton" / "models"

@@ -8,8 +8,10 @@ from collections.abc import Callable
 import pytest
 
 from tests.inference.conftest import free_port, random_images
-from worker.inference.batcher import Batcher, BatcherClosed, RetryPolicy
-from worker.inference.client import InferenceTimeout, TritonClient
+from worker.inference.batcher import Batcher, RetryPolicy
+from worker.inference.errors import BatcherClosed
+from worker.inference.triton.client import TritonClient
+from worker.inference.triton.errors import InferenceTimeout
 from worker.models.spec import ModelSpec
 
 

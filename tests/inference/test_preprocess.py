@@ -24,9 +24,9 @@ from pydicom.uid import (
     RLELossless,
 )
 
+from worker.models.errors import PreprocessError
 from worker.models.preprocess import (
     LUMINANCE,
-    PreprocessError,
     prepare,
     prepare_async,
     read_dataset,

@@ -11,7 +11,8 @@ import pytest
 
 from tests.inference.conftest import TritonServer, random_images
 from worker.inference.batcher import Batcher, RetryPolicy
-from worker.inference.client import InferenceTimeout, TritonClient, TritonError, TritonUnavailable
+from worker.inference.triton.client import TritonClient
+from worker.inference.triton.errors import InferenceTimeout, TritonError, TritonUnavailable
 from worker.models.spec import ModelSpec
 
 

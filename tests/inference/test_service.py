@@ -10,8 +10,10 @@ from pydicom.uid import generate_uid
 
 from loadtest.phantoms import make_phantom, to_ct_dataset
 from worker.formats.types import InstanceOutput
-from worker.inference.client import TritonClient
-from worker.inference.service import InferenceService, NoModelForImage, heatmap_peak
+from worker.inference.errors import NoModelForImage
+from worker.inference.postprocess import heatmap_peak
+from worker.inference.service import InferenceService
+from worker.inference.triton.client import TritonClient
 from worker.models.spec import ModelSpec
 
 

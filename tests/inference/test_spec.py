@@ -10,7 +10,8 @@ import pytest
 from pydicom.uid import CTImageStorage, MRImageStorage
 
 from tests.inference.conftest import MODEL_REPOSITORY
-from worker.models.spec import ModelSpec, SpecError, load_specs, match_model
+from worker.models.errors import SpecError
+from worker.models.spec import ModelSpec, load_specs, match_model
 
 
 def test_reference_spec_loads(spec: ModelSpec) -> None:

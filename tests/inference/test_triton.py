@@ -14,14 +14,12 @@ from tritonclient.utils import shared_memory as system_shm
 
 from tests.inference.conftest import TritonServer, random_images
 from worker.inference.batcher import Batcher
-from worker.inference.client import (
+from worker.inference.triton.client import ModelStatistics, TritonClient
+from worker.inference.triton.errors import InvalidInput, ModelMissing
+from worker.inference.triton.shared_memory import (
     SHM_MAX_REGIONS,
     SHM_REGION_PREFIX,
-    InvalidInput,
-    ModelMissing,
-    ModelStatistics,
     SharedMemoryMode,
-    TritonClient,
     is_loopback,
     remove_stale_regions,
 )

@@ -20,7 +20,7 @@ import boto3
 import httpx
 import pytest
 
-from infra.local.emulator import emulator_process_spec
+from infra.local.emulator.process import emulator_process_spec
 from infra.local.processes import ProcessSpec
 from infra.local.provision import provision
 from infra.local.stack import child_env, isolated_settings, process_specs

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from botocore.exceptions import ClientError
 
+from radstream.aws import sqs, stepfunctions
 from radstream.errors import NotFound
 from radstream.settings import PROJECT_ROOT, Settings
 from radstream.telemetry import TelemetryEvent
@@ -167,18 +168,17 @@ class Harness:
     def worker(self) -> InferenceWorker:
         return InferenceWorker(
             self.settings,
-            sqs=self.sqs,
-            sfn=self.sfn,
+            queue=sqs.MessageQueue(self.sqs, "queue"),
+            tasks=stepfunctions.StepFunctions(self.sfn),
             images=self.images,  # type: ignore[arg-type]
             telemetry=self.telemetry,  # type: ignore[arg-type]
             batchers={MODEL: self.batcher},  # type: ignore[dict-item]
             specs={MODEL: self.spec},
-            queue_url="queue",
         )
 
     async def handle(self, images: int = 3, receives: int = 1) -> InferenceWorker:
         worker = self.worker()
-        await asyncio.wait_for(worker._handle(message(images, receives)), GUARD_S)
+        await asyncio.wait_for(worker._handle(sqs.message_of(message(images, receives))), GUARD_S)
         return worker
 
 
@@ -318,7 +318,7 @@ async def test_a_study_of_which_nothing_could_be_decoded_fails_with_decode_faile
         {"prepared": [], "failed": [{"sop": "1.2.3.2", "reason": "PreprocessError: no pixel data"}]},
     ]
     worker = h.worker()
-    await asyncio.wait_for(worker._handle({**message(0), "Body": json.dumps(body)}), GUARD_S)
+    await asyncio.wait_for(worker._handle(sqs.message_of({**message(0), "Body": json.dumps(body)})), GUARD_S)
     assert h.sfn.failures == [
         ("DecodeFailed", "none of 2 instances could be decoded: NotImplementedError: JPEG 2000 decoder")
     ]

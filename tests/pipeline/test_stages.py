@@ -14,13 +14,13 @@ from pydicom.uid import CTImageStorage
 
 from loadtest import synthetic
 from radstream import keys
+from radstream.clients import open_clients
 from tests.pipeline.conftest import Stack
 from worker.formats import outputs as output_codec
 from worker.formats import prepared as prepared_codec
 from worker.formats.errors import ManifestInvalid, TransientError
 from worker.formats.types import InstanceOutput
-from worker.stages import prepare, start, store, validate
-from worker.stages.context import stage_context
+from worker.stages import mark_failed, prepare, start, store, validate
 
 
 def test_execution_name_is_deterministic_and_valid() -> None:
@@ -33,16 +33,18 @@ def test_execution_name_is_deterministic_and_valid() -> None:
 
 def test_failure_reason_reads_lambda_errors() -> None:
     cause = json.dumps({"errorMessage": "instance 1.2.3 is not in the store", "errorType": "InstanceMissing"})
-    assert store.failure_reason({"Error": "InstanceMissing", "Cause": cause}) == (
+    assert mark_failed.failure_reason({"Error": "InstanceMissing", "Cause": cause}) == (
         "InstanceMissing",
         "InstanceMissing: instance 1.2.3 is not in the store",
     )
-    assert store.failure_reason({"Error": "States.Timeout", "Cause": "no answer"})[1] == "States.Timeout: no answer"
-    assert store.failure_reason(None)[0] == "Unknown"
+    assert (
+        mark_failed.failure_reason({"Error": "States.Timeout", "Cause": "no answer"})[1] == "States.Timeout: no answer"
+    )
+    assert mark_failed.failure_reason(None)[0] == "Unknown"
 
 
 async def test_validate_refuses_foreign_events_and_skips_withdrawn_manifests(stack: Stack) -> None:
-    async with stage_context(stack.settings) as ctx:
+    async with open_clients(stack.settings) as ctx:
         with pytest.raises(ManifestInvalid):
             await validate.run(ctx, {"bucket": "someone-elses-bucket", "key": "manifests/a/1.2/r.json"})
         withdrawn = keys.manifest_key("alpha", "1.2.3", "20260101T000000-withdrawn000")
@@ -137,7 +139,7 @@ async def test_prepare_refuses_an_instance_that_does_not_match_its_manifest(stac
         sha256=hashlib.sha256(data + b"changed").hexdigest(),
     )
     event = {"tenant": "alpha", "study": uids.study, "model": "lesion_detector", "manifest_key": manifest_key}
-    async with stage_context(stack.settings) as ctx:
+    async with open_clients(stack.settings) as ctx:
         with pytest.raises(ManifestInvalid, match=f"instance {sop} does not match its manifest checksum"):
             await prepare.run(ctx, {**event, "indices": [0]})
     listing = s3.list_objects_v2(Bucket=stack.settings.images_bucket, Prefix=f"work/alpha/{uids.study}/")
@@ -168,7 +170,7 @@ async def test_prepare_reports_an_undecodable_instance_and_goes_on(stack: Stack)
         sha256=hashlib.sha256(data).hexdigest(),
     )
     event = {"tenant": "alpha", "study": uids.study, "model": "lesion_detector", "manifest_key": manifest_key}
-    async with stage_context(stack.settings) as ctx:
+    async with open_clients(stack.settings) as ctx:
         result = await prepare.run(ctx, {**event, "indices": [0]})
     assert result["prepared"] == []
     assert [f["sop"] for f in result["failed"]] == [ds.SOPInstanceUID]
@@ -197,7 +199,7 @@ async def test_results_written_last_from_stale_outputs_are_rebuilt_and_name_thei
         Bucket=bucket, Key=keys.outputs_key("alpha", uids.study, "20260101T000000-aaaaaaaaaaaa"), Body=outputs_a
     )
 
-    async with stage_context(stack.settings) as ctx:
+    async with open_clients(stack.settings) as ctx:
         await ctx.status.record_received("alpha", uids.study)
         original_put = type(ctx.results).put_bytes
         interleaved: list[str] = []

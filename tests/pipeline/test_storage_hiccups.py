@@ -25,14 +25,14 @@ from radstream import keys
 from radstream.errors import StorageUnavailable
 from tests.pipeline.conftest import Stack
 from tests.pipeline.test_pipeline import ct_study, manifests_of, send, wait_execution
-from worker.stages import prepare, store, validate
+from worker.stages import mark_failed, prepare, store, validate
 
 ASL = json.loads(resources.STATE_MACHINE_FILE.read_text())
 STAGES = {  # the stage function behind each handler the state machine invokes
     "worker.stages.main.validate_metadata": (validate, "run"),
     "worker.stages.main.prepare_tensors": (prepare, "run"),
     "worker.stages.main.store_results": (store, "run"),
-    "worker.stages.main.mark_failed": (store, "mark_failed"),
+    "worker.stages.main.mark_failed": (mark_failed, "run"),
 }
 
 

@@ -13,7 +13,7 @@ from worker.formats.types import InstanceOutput
 from worker.models.preprocess import analysed_frame_number
 from worker.results import codes
 from worker.results._sources import AnalysedInstance, pair
-from worker.results.sr import IMAGE_LIBRARY, IMAGING_MEASUREMENTS, device_observer_uid, scoord_point
+from worker.results.sr.content import IMAGE_LIBRARY, IMAGING_MEASUREMENTS, device_observer_uid, scoord_point
 
 
 def _measurement_group(

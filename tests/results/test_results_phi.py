@@ -15,7 +15,7 @@ from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from results_sources import blob_heatmap, make_dx, make_output
 
-from radstream.dicom import quiet_dicom_libraries
+from radstream.dicom import keep_values_out_of_logs, read_values_unvalidated
 from radstream.errors import describe
 from worker.results._sources import with_type2_defaults
 from worker.stages.store import _build
@@ -26,13 +26,15 @@ NAME, PATIENT_ID = "DOE^JANE", "MRN-9876543"
 
 @pytest.fixture
 def quiet() -> Iterator[None]:
-    """quiet_dicom_libraries() as every process calls it, undone afterwards (it is process-wide)."""
+    """read_values_unvalidated() and keep_values_out_of_logs() as every process calls them, undone afterwards
+    (they are process-wide)."""
     mode = pydicom.config.settings.reading_validation_mode
     loggers = {
         name: (logging.getLogger(name).level, logging.getLogger(name).propagate) for name in ("pydicom", "highdicom")
     }
     with warnings.catch_warnings():
-        quiet_dicom_libraries()
+        read_values_unvalidated()
+        keep_values_out_of_logs()
         yield
     pydicom.config.settings.reading_validation_mode = mode
     for name, (level, propagate) in loggers.items():
@@ -94,8 +96,8 @@ def test_a_lambda_stage_that_raises_unexpectedly_reports_where_not_what(
     """Step Functions records a Lambda's error message in the execution history, MarkFailed copies it into
     the study status, and Lambda logs it: an unexpected exception's message (here, what highdicom says
     about a birth date) must reach none of them."""
-    from worker.stages import main as lambdas
     from worker.formats.errors import InternalError
+    from worker.stages import main as lambdas
 
     async def stage(ctx: object, event: dict[str, object]) -> dict[str, object]:
         pydicom.valuerep.DA(VALUES["PatientBirthDate"])  # ValueError quoting the value

@@ -77,7 +77,7 @@ def _equipment(header: Dataset, variant: str) -> Dataset:
         header.AcquisitionDateTime = "20260301101501.250000"
     elif variant == "invalid station name":  # longer than SH allows: the acquisition item is left out
         # pydicom validates what is set with its reading mode, which a process running the pipeline turns
-        # off (radstream.dicom.quiet_dicom_libraries): it is set here, whatever ran before in this process.
+        # off (radstream.dicom.read_values_unvalidated): it is set here, whatever ran before in this process.
         mode = pydicom.config.settings.reading_validation_mode
         pydicom.config.settings.reading_validation_mode = pydicom.config.WARN
         try:

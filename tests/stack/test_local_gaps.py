@@ -27,22 +27,24 @@ import pytest
 from botocore.exceptions import ClientError
 
 from infra import resources
-from infra.local import lambda_runtime, moto_gaps
-from infra.local.emulator import http_ok
+from infra.local import lambda_runtime
+from infra.local.emulator import events, firehose, lambda_invoke, patches, stepfunctions
+from infra.local.emulator import server as emulator_server
+from infra.local.emulator.process import http_ok
 from infra.local.processes import SINGLE_THREADED_MATH, free_port
 from infra.local.stack import child_env, isolated_settings, process_specs
 
 
 def test_pinned_to_the_moto_version_it_was_checked_against(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert moto.__version__ == moto_gaps.MOTO_VERSION
+    assert moto.__version__ == patches.MOTO_VERSION
     monkeypatch.setattr(moto, "__version__", "9.9.9")
     with pytest.raises(RuntimeError, match=r"targets moto 5\.2\.5"):
-        moto_gaps._check_version()
+        patches._check_version()
 
 
 def test_firehose_prefix_expands_like_firehose() -> None:
     when = datetime(2026, 3, 7, 9, 0, tzinfo=UTC)
-    assert moto_gaps._expand_prefix(resources.TELEMETRY_PREFIX, when) == "telemetry/year=2026/month=03/day=07/"
+    assert firehose._expand_prefix(resources.TELEMETRY_PREFIX, when) == "telemetry/year=2026/month=03/day=07/"
 
 
 def test_input_transformer_gives_bucket_and_key() -> None:
@@ -53,7 +55,7 @@ def test_input_transformer_gives_bucket_and_key() -> None:
         }
     }
     event = {"detail": {"bucket": {"name": "images"}, "object": {"key": "manifests/t/1.2/r.json"}}}
-    assert moto_gaps._transform(target, event) == {"bucket": "images", "key": "manifests/t/1.2/r.json"}
+    assert events._transform(target, event) == {"bucket": "images", "key": "manifests/t/1.2/r.json"}
 
 
 def test_runtime_reports_exceptions_as_lambda_does() -> None:
@@ -73,7 +75,7 @@ def emulator() -> Iterator[str]:
     port = free_port()
     env = {**os.environ, "MOTO_PORT": str(port), "AWS_DEFAULT_REGION": "us-east-1"}
     env["RADSTREAM_LAMBDA_RUNTIME_URL"] = f"http://127.0.0.1:{free_port()}"  # nothing listens there
-    argv = [sys.executable, "-m", "infra.local.moto_gaps", "--host", "127.0.0.1", "--port", str(port)]
+    argv = [sys.executable, "-m", "infra.local.emulator", "--host", "127.0.0.1", "--port", str(port)]
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -248,7 +250,7 @@ class _ClosingWhenIdle(BaseHTTPRequestHandler):
 
 
 def test_runtime_connections_are_reused_and_replaced_when_the_runtime_closed_them() -> None:
-    pool = moto_gaps._RuntimeConnections()
+    pool = lambda_invoke._RuntimeConnections()
     with _serving(_ClosingWhenIdle) as base:
         url = f"{base}/invoke"
         try:
@@ -296,7 +298,7 @@ def test_step_functions_tasks_share_one_in_process_client_per_service() -> None:
     from moto.sqs.models import sqs_backends
     from moto.stepfunctions.parser.asl.component.state.exec.state_task.credentials import StateCredentials
 
-    boto_client_for = moto_gaps._cached_client_factory()
+    boto_client_for = stepfunctions._cached_client_factory()
     role = StateCredentials(role_arn="arn:aws:iam::123456789012:role/sfn")
     sqs = boto_client_for(region="eu-west-1", service="sqs", state_credentials=role)
     assert boto_client_for(region="eu-west-1", service="sqs", state_credentials=None) is sqs
@@ -376,7 +378,7 @@ def runtime_stand_in() -> Iterator[str]:
 
 
 def test_a_request_the_runtime_may_have_run_is_never_sent_twice(runtime_stand_in: str) -> None:
-    pool = moto_gaps._RuntimeConnections()
+    pool = lambda_invoke._RuntimeConnections()
     try:
         assert pool.post(f"{runtime_stand_in}/ok", b"{}", 5.0)[0] == 200  # leaves a pooled connection
         with pytest.raises(http.client.RemoteDisconnected):
@@ -389,10 +391,10 @@ def test_a_request_the_runtime_may_have_run_is_never_sent_twice(runtime_stand_in
 def test_a_handler_past_its_timeout_is_a_function_error(runtime_stand_in: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RADSTREAM_LAMBDA_RUNTIME_URL", f"{runtime_stand_in}/slow")
     function = SimpleNamespace(handler="worker.stages.main.validate_metadata", timeout=0.3)
-    pool = moto_gaps._RuntimeConnections()
-    monkeypatch.setattr(moto_gaps, "_RUNTIME", pool)
+    pool = lambda_invoke._RuntimeConnections()
+    monkeypatch.setattr(lambda_invoke, "_RUNTIME", pool)
     try:
-        payload, errored, _logs = moto_gaps._invoke_remote(function, {})
+        payload, errored, _logs = lambda_invoke._invoke_remote(function, {})
     finally:
         pool.close()
     assert errored
@@ -400,7 +402,7 @@ def test_a_handler_past_its_timeout_is_a_function_error(runtime_stand_in: str, m
 
 
 def _keep_alive_server(app: Any) -> Iterator[int]:
-    server = moto_gaps.EmulatorServer("127.0.0.1", 0, app=app)
+    server = emulator_server.EmulatorServer("127.0.0.1", 0, app=app)
     server.start()
     try:
         yield server.port
@@ -475,7 +477,7 @@ def test_emulator_closes_after_an_application_failed_mid_response(keep_alive_por
 def test_an_idle_kept_alive_connection_ends_quietly(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setattr(moto_gaps, "KEEP_ALIVE_IDLE_S", 0.3)
+    monkeypatch.setattr(emulator_server, "KEEP_ALIVE_IDLE_S", 0.3)
     for port in _keep_alive_server(_test_app):
         with socket.create_connection(("127.0.0.1", port)) as sock:
             sock.sendall(b"GET /ok HTTP/1.1\r\nHost: x\r\n\r\n")

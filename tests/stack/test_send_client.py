@@ -22,7 +22,7 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
 
 from cli import send as client
-from cli import synthetic
+from loadtest import synthetic
 from tests.conftest import KEY_ALPHA, Gateway, free_port
 
 RADSTREAM = str(Path(sys.executable).parent / "radstream")

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from infra.local.errors import ChildFailed, Interrupted
 from infra.local.processes import ProcessSpec
-from infra.local.supervisor import LOG_TAIL_LINES, ChildFailed, Interrupted, Supervisor
+from infra.local.supervisor import LOG_TAIL_LINES, Supervisor
 
 CRASH = "import sys\nfor i in range(40): print(f'line {i}')\nraise SystemExit('ModuleNotFoundError: no module named fastapi')"
 

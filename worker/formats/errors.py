@@ -1,10 +1,15 @@
-"""Typed pipeline errors. Their class names are the Step Functions error names that Retry/Catch match."""
+"""Typed pipeline errors. Their class names are the Step Functions error names that Retry/Catch match:
+a Lambda stage raises them, the inference worker fails its task with them."""
 
 from __future__ import annotations
 
+from radstream.errors import RadStreamError
 
-class PipelineError(Exception):
+
+class PipelineError(RadStreamError):
     """A stage failed for a reason that retrying will not fix."""
+
+    error = "pipeline_error"
 
 
 class TransientError(PipelineError):
@@ -30,6 +35,10 @@ class InferenceUnavailable(PipelineError):
 
 class InferenceFailed(PipelineError):
     """The model rejected the input or the server failed."""
+
+
+class InvalidMessage(PipelineError):
+    """A queue message is not a RunInference message (worker/formats/task.py)."""
 
 
 class InternalError(PipelineError):

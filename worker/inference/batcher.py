@@ -13,7 +13,7 @@ Bounds and what happens when they are hit:
 * ``max_queued`` images may wait; further callers wait in :meth:`infer` (backpressure) until there is room;
 * ``max_in_flight`` batches are at Triton at any time;
 * each caller's ``request_timeout_s`` covers queueing, retries and inference; past it the caller gets
-  :class:`~worker.inference.client.InferenceTimeout` and its image is dropped from batches not yet sent.
+  :class:`~worker.inference.triton.errors.InferenceTimeout` and its image is dropped from batches not yet sent.
 
 While Triton is unreachable (:class:`TritonUnavailable`) or the model is loading (:class:`ModelNotReady`)
 a batch is retried with exponential backoff until the earliest deadline in it. A missing model, a wrong
@@ -31,21 +31,18 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from worker.inference.client import (
+from worker.inference.errors import BatcherClosed
+from worker.inference.triton.client import TritonClient
+from worker.inference.triton.errors import (
     InferenceTimeout,
     InvalidInput,
     ModelMissing,
     ModelNotReady,
     ServerError,
-    TritonClient,
     TritonError,
     TritonUnavailable,
 )
 from worker.models.spec import ModelSpec
-
-
-class BatcherClosed(TritonError):
-    """The batcher was closed before this image was sent."""
 
 
 @dataclass(frozen=True)

@@ -33,13 +33,10 @@ from pydicom.multival import MultiValue
 from pydicom.pixels.processing import apply_color_lut, apply_modality_lut
 from pydicom.pixels.utils import pixel_array
 
+from worker.models.errors import PreprocessError
 from worker.models.spec import ModelSpec, Preprocessing
 
 LUMINANCE = np.array([0.299, 0.587, 0.114], dtype=np.float64)
-
-
-class PreprocessError(ValueError):
-    """The file is not DICOM, has no image, or its pixel data cannot be decoded."""
 
 
 @dataclass(frozen=True)

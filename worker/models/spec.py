@@ -13,6 +13,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from worker.models.errors import SpecError
+
 SPEC_FILE = "spec.json"
 
 #: Triton datatypes we support, with their numpy dtype names.
@@ -146,10 +148,6 @@ class ModelSpec(_Frozen):
 
     def model_path(self, repository: Path) -> Path:
         return repository / self.name / self.version / self.model_file
-
-
-class SpecError(ValueError):
-    """A spec file is unreadable, invalid, or does not match its folder."""
 
 
 def load_spec(path: Path) -> ModelSpec:

@@ -20,7 +20,7 @@ from worker.results.document import (
 from worker.results.errors import IncompatibleSourcesError, InconsistentInputError, ResultsError
 from worker.results.io import dataset_from_bytes, dataset_to_bytes
 from worker.results.seg import build_seg, build_segs, upsample_heatmap
-from worker.results.sr import build_sr
+from worker.results.sr.sop import build_sr
 
 __all__ = [
     "SCHEMA_VERSION",

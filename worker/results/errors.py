@@ -5,8 +5,12 @@ runner) can tell a bad input to this layer apart from an infrastructure
 failure and fail the job instead of retrying it.
 """
 
+from __future__ import annotations
 
-class ResultsError(Exception):
+from radstream.errors import RadStreamError
+
+
+class ResultsError(RadStreamError):
     """Base class of every error raised by :mod:`worker.results`."""
 
 

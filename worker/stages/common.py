@@ -11,10 +11,10 @@ from pydantic import ValidationError
 
 from radstream import keys
 from radstream import manifest as manifest_store
+from radstream.clients import Clients
 from radstream.errors import NotFound, StorageUnavailable
 from radstream.manifest import Manifest
 from worker.formats.errors import InstanceMissing, ManifestInvalid, TransientError
-from worker.stages.context import StageContext
 
 
 @contextmanager
@@ -28,7 +28,7 @@ def instance_access(sop_instance_uid: str) -> Iterator[None]:
         raise TransientError(exc.detail) from exc
 
 
-async def read_manifest(ctx: StageContext, key: str) -> Manifest:
+async def read_manifest(ctx: Clients, key: str) -> Manifest:
     try:
         keys.parse_manifest_key(key)
         return await manifest_store.load(ctx.images, key)

@@ -21,33 +21,35 @@ from typing import Any
 
 import uvloop
 
-from radstream.dicom import quiet_dicom_libraries
+from radstream.clients import Clients, open_clients
+from radstream.dicom import keep_values_out_of_logs, read_values_unvalidated
 from radstream.errors import StorageUnavailable, describe, frames
 from radstream.settings import get_settings
 from worker.formats.errors import InternalError, PipelineError, TransientError
+from worker.stages import mark_failed as mark_failed_stage
 from worker.stages import prepare, start, store, validate
-from worker.stages.context import StageContext, stage_context
 
 log = logging.getLogger(__name__)
 
-Stage = Callable[[StageContext, dict[str, Any]], Awaitable[dict[str, Any]]]
+Stage = Callable[[Clients, dict[str, Any]], Awaitable[dict[str, Any]]]
 
 
 class _Runtime:
     def __init__(self) -> None:
-        quiet_dicom_libraries()
+        read_values_unvalidated()
+        keep_values_out_of_logs()
         self.loop = uvloop.new_event_loop()
         threading.Thread(target=self.loop.run_forever, name="lambda-runtime", daemon=True).start()
         self._stack = AsyncExitStack()
-        self._context: StageContext | None = None
+        self._context: Clients | None = None
         self._lock: asyncio.Lock | None = None
 
-    async def context(self) -> StageContext:
+    async def context(self) -> Clients:
         if self._lock is None:
             self._lock = asyncio.Lock()
         async with self._lock:
             if self._context is None:
-                self._context = await self._stack.enter_async_context(stage_context(get_settings()))
+                self._context = await self._stack.enter_async_context(open_clients(get_settings()))
         return self._context
 
     def run(self, stage: Stage, event: dict[str, Any]) -> dict[str, Any]:
@@ -94,4 +96,4 @@ def store_results(event: dict[str, Any], context: object) -> dict[str, Any]:
 
 
 def mark_failed(event: dict[str, Any], context: object) -> dict[str, Any]:
-    return _run(store.mark_failed, event)
+    return _run(mark_failed_stage.run, event)

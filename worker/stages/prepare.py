@@ -15,18 +15,19 @@ from typing import Any
 import pydicom
 
 from radstream import keys
+from radstream.clients import Clients
 from radstream.errors import NotFound
 from radstream.telemetry import TelemetryEvent
 from worker.formats import prepared as prepared_codec
 from worker.formats.errors import ManifestInvalid
-from worker.models.preprocess import PreprocessError, prepare
+from worker.models.errors import PreprocessError
+from worker.models.preprocess import prepare
 from worker.models.spec import ModelSpec
 from worker.stages.common import instance_access, read_manifest, timed
-from worker.stages.context import StageContext
 from worker.stages.validate import specs_in
 
 
-def _spec(ctx: StageContext, name: str) -> ModelSpec:
+def _spec(ctx: Clients, name: str) -> ModelSpec:
     for spec in specs_in(ctx.settings.model_repository):
         if spec.name == name:
             return spec
@@ -43,7 +44,7 @@ def _decode(data: bytes, spec: ModelSpec) -> tuple[bytes, tuple[int, int]]:
     return prepared_codec.encode(prepared.tensor, header.getvalue()), prepared.source_shape
 
 
-async def run(ctx: StageContext, event: dict[str, Any]) -> dict[str, Any]:
+async def run(ctx: Clients, event: dict[str, Any]) -> dict[str, Any]:
     tenant, study, model = event["tenant"], event["study"], event["model"]
     indices: list[int] = event["indices"]
     with timed() as t:
@@ -69,7 +70,7 @@ async def run(ctx: StageContext, event: dict[str, Any]) -> dict[str, Any]:
             key = keys.prepared_key(tenant, study, inst.sop_instance_uid)
             await ctx.images.put_bytes(key, encoded, content_type="application/octet-stream")
             prepared.append([inst.sop_instance_uid, shape[0], shape[1]])
-    await ctx.telemetry.emit(
+    await ctx.telemetry.send(
         TelemetryEvent(
             stage="prepare", tenant=tenant, study_uid=study, duration_ms=t.ms, model=model, instances=len(prepared)
         )

@@ -7,17 +7,12 @@ naming the execution after the manifest makes a duplicate event a no-op (Executi
 from __future__ import annotations
 
 import hashlib
-import json
 from typing import Any
 
-from botocore.exceptions import ClientError
-
 from radstream import keys
-from radstream.aws.config import error_code
+from radstream.clients import Clients
+from radstream.errors import NotFound, StorageError
 from worker.formats.errors import ManifestInvalid, TransientError
-from worker.stages.context import StageContext
-
-_ARN_CACHE: dict[str, str] = {}
 
 
 def execution_name(manifest_key: str) -> str:
@@ -27,32 +22,17 @@ def execution_name(manifest_key: str) -> str:
     return f"{request_id}-{digest}"[:80]
 
 
-async def state_machine_arn(ctx: StageContext) -> str:
-    name = ctx.settings.state_machine_name
-    if name not in _ARN_CACHE:
-        paginator = ctx.sfn.get_paginator("list_state_machines")
-        async for page in paginator.paginate():
-            for machine in page["stateMachines"]:
-                if machine["name"] == name:
-                    _ARN_CACHE[name] = machine["stateMachineArn"]
-        if name not in _ARN_CACHE:
-            raise TransientError(f"state machine {name} not found")
-    return _ARN_CACHE[name]
-
-
-async def run(ctx: StageContext, event: dict[str, Any]) -> dict[str, Any]:
+async def run(ctx: Clients, event: dict[str, Any]) -> dict[str, Any]:
     bucket, key = event.get("bucket"), event.get("key")
     if not isinstance(key, str):
         raise ManifestInvalid(f"event has no object key: {event!r}"[:300])
     name = execution_name(key)
     try:
-        response = await ctx.sfn.start_execution(
-            stateMachineArn=await state_machine_arn(ctx),
-            name=name,
-            input=json.dumps({"bucket": bucket, "key": key}),
+        arn = await ctx.stepfunctions.start_execution(
+            ctx.settings.state_machine_name, name, {"bucket": bucket, "key": key}
         )
-    except ClientError as exc:
-        if error_code(exc) == "ExecutionAlreadyExists":
-            return {"execution": name, "started": False}
+    except (NotFound, StorageError) as exc:
         raise TransientError(f"StartExecution failed: {exc}") from exc
-    return {"execution": name, "started": True, "executionArn": response["executionArn"]}
+    if arn is None:
+        return {"execution": name, "started": False}
+    return {"execution": name, "started": True, "executionArn": arn}

@@ -4,27 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import io
-import json
 from datetime import datetime
 from typing import Any
 
 import pydicom
 
 from radstream import keys
-from radstream.status import StudyState, utcnow
+from radstream.clients import Clients
+from radstream.status import NO_MODEL_DETAIL, StudyState, utcnow
 from radstream.telemetry import TelemetryEvent
 from worker.formats import outputs as output_codec
 from worker.formats.errors import TransientError
 from worker.formats.types import InstanceOutput
 from worker.results import build_result_document, build_segs, build_sr, dataset_to_bytes
 from worker.stages.common import read_manifest, timed
-from worker.stages.context import StageContext
 from worker.stages.validate import specs_in
 
-RESULT_JSON = "result.json"
-RESULT_SR = "report.sr.dcm"
 MAX_RESULT_BUILDS = 5
-NO_MODEL_DETAIL = "no model for this input"
 
 
 def _build(
@@ -41,7 +37,7 @@ def _build(
     document = build_result_document(
         headers, outputs, threshold, structured_report=sr, segmentations=segs, not_analysed=not_analysed
     )
-    sr_key = f"{run_prefix}/{RESULT_SR}"
+    sr_key = f"{run_prefix}/{keys.RESULT_SR}"
     seg_keys = [f"{run_prefix}/seg-{i}.dcm" for i in range(len(segs))]
     document = document.model_copy(
         update={
@@ -58,7 +54,7 @@ def _build(
     )
 
 
-async def _not_analysed(ctx: StageContext, event: dict[str, Any], analysed: set[str]) -> list[tuple[str, str]]:
+async def _not_analysed(ctx: Clients, event: dict[str, Any], analysed: set[str]) -> list[tuple[str, str]]:
     """Instances of this execution's manifest without a result, with the reason."""
     reasons = {
         failure["sop"]: f"could not be decoded: {failure['reason']}"
@@ -76,11 +72,11 @@ async def _not_analysed(ctx: StageContext, event: dict[str, Any], analysed: set[
     return missing
 
 
-async def _outputs_keys(ctx: StageContext, tenant: str, study: str) -> list[str]:
+async def _outputs_keys(ctx: Clients, tenant: str, study: str) -> list[str]:
     return sorted(await ctx.images.list_keys(keys.outputs_prefix(tenant, study)))
 
 
-async def _study_outputs(ctx: StageContext, output_keys: list[str]) -> list[tuple[InstanceOutput, bytes]]:
+async def _study_outputs(ctx: Clients, output_keys: list[str]) -> list[tuple[InstanceOutput, bytes]]:
     """Outputs, with their source headers, of every execution of this study so far (one study may arrive in
     several requests); the latest output per instance."""
     by_sop: dict[str, tuple[InstanceOutput, bytes]] = {}
@@ -90,7 +86,7 @@ async def _study_outputs(ctx: StageContext, output_keys: list[str]) -> list[tupl
     return list(by_sop.values())
 
 
-async def _write_results(ctx: StageContext, event: dict[str, Any], tenant: str, study: str, model: str) -> None:
+async def _write_results(ctx: Clients, event: dict[str, Any], tenant: str, study: str, model: str) -> None:
     """Build and write the study's results from every execution's outputs, until they include every output
     written meanwhile.
 
@@ -102,7 +98,7 @@ async def _write_results(ctx: StageContext, event: dict[str, Any], tenant: str, 
     last, names them: whatever two builds interleave, result.json and the objects it names belong together.
     """
     spec = next(s for s in specs_in(ctx.settings.model_repository) if s.name == model)
-    result_key = keys.result_key(tenant, study, RESULT_JSON)
+    result_key = keys.result_key(tenant, study, keys.RESULT_JSON)
     output_keys = await _outputs_keys(ctx, tenant, study)
     for _ in range(MAX_RESULT_BUILDS):
         pairs = await _study_outputs(ctx, output_keys)
@@ -126,12 +122,12 @@ async def _write_results(ctx: StageContext, event: dict[str, Any], tenant: str, 
     raise TransientError(f"the study's outputs changed during {MAX_RESULT_BUILDS} builds of its results")
 
 
-async def run(ctx: StageContext, event: dict[str, Any]) -> dict[str, Any]:
+async def run(ctx: Clients, event: dict[str, Any]) -> dict[str, Any]:
     tenant, study, action = event["tenant"], event["study"], event["action"]
     if action == "skip":
         return {"tenant": tenant, "study": study, "result": None}
     with timed() as t:
-        result_key = keys.result_key(tenant, study, RESULT_JSON)
+        result_key = keys.result_key(tenant, study, keys.RESULT_JSON)
         if action == "no_model":
             body = {"study_instance_uid": study, "outcome": "no_model", "detail": NO_MODEL_DETAIL}
             await ctx.results.put_json(result_key, body)
@@ -149,7 +145,7 @@ async def run(ctx: StageContext, event: dict[str, Any]) -> dict[str, Any]:
         )
     received_at = datetime.fromisoformat(event["received_at"]) if event.get("received_at") else None
     end_to_end_ms = (utcnow() - received_at).total_seconds() * 1e3 if received_at else None
-    await ctx.telemetry.emit(
+    await ctx.telemetry.send(
         TelemetryEvent(stage="store", tenant=tenant, study_uid=study, duration_ms=t.ms, model=model),
         TelemetryEvent(
             stage="end_to_end",
@@ -161,33 +157,3 @@ async def run(ctx: StageContext, event: dict[str, Any]) -> dict[str, Any]:
         ),
     )
     return {"tenant": tenant, "study": study, "result": result_key, "outcome": "ok" if model else "no_model"}
-
-
-def failure_reason(error: dict[str, Any] | None) -> tuple[str, str]:
-    """(error name, human-readable reason) from a Step Functions Catch ``$.error`` object."""
-    if not error:
-        return "Unknown", "the pipeline failed without an error description"
-    name = str(error.get("Error", "Unknown"))
-    cause = str(error.get("Cause", ""))
-    try:
-        parsed = json.loads(cause)
-        if isinstance(parsed, dict):
-            cause = str(parsed.get("errorMessage", cause))
-    except ValueError:
-        pass
-    return name, f"{name}: {cause}"[:500]
-
-
-async def mark_failed(ctx: StageContext, event: dict[str, Any]) -> dict[str, Any]:
-    if "tenant" in event:
-        tenant, study = event["tenant"], event["study"]
-    else:  # ValidateMetadata failed: the input is still the trigger's {bucket, key}
-        tenant, study, _ = keys.parse_manifest_key(str(event.get("key")))
-    name, reason = failure_reason(event.get("error"))
-    await ctx.status.set_state(tenant, study, StudyState.FAILED, failure_reason=reason)
-    await ctx.telemetry.emit(
-        TelemetryEvent(
-            stage="failed", tenant=tenant, study_uid=study, outcome="failed", reason=name, model=event.get("model")
-        )
-    )
-    return {"tenant": tenant, "study": study, "failed": reason}

@@ -12,13 +12,13 @@ from pathlib import Path
 from typing import Any
 
 from radstream import keys
+from radstream.clients import Clients
 from radstream.errors import NotFound
 from radstream.status import StudyState
 from radstream.telemetry import TelemetryEvent
 from worker.formats.errors import ManifestInvalid
 from worker.models.spec import ModelSpec, load_specs, match_model
 from worker.stages.common import read_manifest, timed
-from worker.stages.context import StageContext
 
 PREPARE_BATCH = 16  # instances per PrepareTensors invocation (the Map fans out over these)
 
@@ -28,7 +28,7 @@ def specs_in(repository: Path) -> tuple[ModelSpec, ...]:
     return tuple(load_specs(repository))
 
 
-async def run(ctx: StageContext, event: dict[str, Any]) -> dict[str, Any]:
+async def run(ctx: Clients, event: dict[str, Any]) -> dict[str, Any]:
     with timed() as t:
         bucket, key = event.get("bucket"), event.get("key")
         if bucket != ctx.images.bucket or not isinstance(key, str):
@@ -51,7 +51,7 @@ async def run(ctx: StageContext, event: dict[str, Any]) -> dict[str, Any]:
             indices = [i for i, spec in enumerate(routed) if spec is not None and spec.name == model]
         batches = [indices[i : i + PREPARE_BATCH] for i in range(0, len(indices), PREPARE_BATCH)]
         await ctx.status.set_state(tenant, study, StudyState.PROCESSING, stage="validate", stage_ms=t.ms, model=model)
-    await ctx.telemetry.emit(
+    await ctx.telemetry.send(
         TelemetryEvent(
             stage="validate",
             tenant=tenant,

@@ -1,4 +1,4 @@
-"""The AWS emulator of the local stack: moto in server mode, in its own process, on loopback."""
+"""The AWS emulator as a child process of the local stack: moto in server mode, in its own process, on loopback."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import urllib.error
 import urllib.request
 from urllib.parse import urlsplit
 
-from infra.local.processes import SINGLE_THREADED_MATH, ProcessSpec
+from infra.local.processes import ProcessSpec
 from radstream.settings import Settings, settings_env
 
 # Objects above this many bytes are spooled to disk by moto instead of being held in RAM.
@@ -37,21 +37,9 @@ def emulator_process_spec(settings: Settings) -> ProcessSpec:
     }
     return ProcessSpec(
         name="aws-emulator",
-        argv=[sys.executable, "-m", "infra.local.moto_gaps", "--host", host, "--port", str(port)],
+        argv=[sys.executable, "-m", "infra.local.emulator", "--host", host, "--port", str(port)],
         env={**os.environ, **settings_env(settings), **env},
         ready=lambda: http_ok(f"{settings.aws_endpoint_url}/moto-api/data.json"),
         ready_timeout_s=30.0,
         log_path=settings.state_dir / "logs" / "aws-emulator.log",
-    )
-
-
-def lambda_runtime_process_spec(settings: Settings) -> ProcessSpec:
-    """Runs Lambda handler code for the emulator (see infra/local/lambda_runtime.py)."""
-    port = settings.lambda_runtime_port
-    return ProcessSpec(
-        name="lambda-runtime",
-        argv=[sys.executable, "-m", "infra.local.lambda_runtime", "--port", str(port)],
-        env={**os.environ, **settings_env(settings), **SINGLE_THREADED_MATH},
-        ready=lambda: http_ok(f"http://127.0.0.1:{port}/health"),
-        ready_timeout_s=30.0,
     )

@@ -1,23 +1,9 @@
-"""DICOM Structured Report (TID 1500 Measurement Report) of one study's results.
+"""The SR document: a Comprehensive 3D SR instance (SOP-level attributes) around the report content.
 
-The report is a Comprehensive 3D SR for the PACS. Per analysed image it holds
-one planar ROI measurement group (TID 1410) whose region is an SCOORD POINT at
-the heatmap peak on the source image, with the lesion probability as a
-numeric measurement and a "Lesion: Present/Absent" qualitative evaluation.
-Patient and study attributes are copied from the first source image (the root
-attributes of its IOD's Patient and Study modules, as highdicom copies them).
-
-The Image Library (TID 1500 row 5, TID 1600) is present, as the template requires, but holds no image
-groups: those are optional, and every image is already referenced by its measurement group and in the
-evidence.
-
-The dataset is written here with pydicom, item by item, in the structure highdicom's
-``Comprehensive3DSR(MeasurementReport(...))`` produces: ``tests/results/reference_sr.py`` builds the
-same report with highdicom and the tests require both to be equal, attribute for attribute (generated
-UIDs, creation times and the software item of the Contributing Equipment aside). highdicom's builder
-deep-copies and re-parses the whole content tree and looks attributes up in the standard's IOD tables:
-building a one-image report took 12.8 ms with it and takes 2.6 ms here (50 images: 316 -> 71 ms); encoding
-is pydicom's either way (3.8 ms). See docs/decisions.md.
+Patient and study attributes are copied from the first source image (the root attributes of its IOD's
+Patient and Study modules, as highdicom copies them); the Contributing Equipment Sequence names the first
+source image's acquisition equipment and RadStream; every source is referenced as evidence. The content
+tree comes from :mod:`worker.results.sr.content`.
 """
 
 from __future__ import annotations
@@ -27,10 +13,7 @@ import datetime
 import importlib.metadata
 from collections.abc import Sequence
 from functools import lru_cache
-from typing import Any
 
-import numpy as np
-import numpy.typing as npt
 from highdicom import UID, ContributingEquipment
 from highdicom._standard_utils import (
     does_iod_have_pixel_data,
@@ -38,7 +21,6 @@ from highdicom._standard_utils import (
     get_module_attribute_map,
     get_sop_class_iod_map,
 )
-from highdicom.sr import CodedConcept
 from pydicom import Dataset
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import FileMetaDataset
@@ -46,173 +28,18 @@ from pydicom.uid import (
     PYDICOM_IMPLEMENTATION_UID,
     Comprehensive3DSRStorage,
     ExplicitVRLittleEndian,
-    generate_uid,
 )
-from pydicom.valuerep import DA, DS, DT, TM
+from pydicom.valuerep import DA, DT, TM
 
 from worker.formats.types import InstanceOutput
-from worker.models.preprocess import analysed_frame_number
 from worker.results import codes
-from worker.results._sources import TYPE2_PATIENT_AND_STUDY, AnalysedInstance, pair
+from worker.results._sources import TYPE2_PATIENT_AND_STUDY, pair
+from worker.results.sr.content import _REPORT, _code, _container, _dcm, _report_content
 
 DEFAULT_SR_SERIES_NUMBER = 9001
 
-
-def _dcm(value: str, meaning: str) -> CodedConcept:
-    return CodedConcept(value=value, scheme_designator="DCM", meaning=meaning)
-
-
-IMAGE_LIBRARY = _dcm("111028", "Image Library")
-IMAGING_MEASUREMENTS = _dcm("126010", "Imaging Measurements")
-_REPORT = _dcm("126000", "Imaging Measurement Report")
-_LANGUAGE = _dcm("121049", "Language of Content Item and Descendants")
-_ENGLISH_US = CodedConcept(value="en-US", scheme_designator="RFC5646", meaning="English (United States)")
-_OBSERVER_TYPE = _dcm("121005", "Observer Type")
-_DEVICE_OBSERVER_UID = _dcm("121012", "Device Observer UID")
-_DEVICE_OBSERVER_NAME = _dcm("121013", "Device Observer Name")
-_DEVICE_OBSERVER_MANUFACTURER = _dcm("121014", "Device Observer Manufacturer")
-_DEVICE_OBSERVER_MODEL_NAME = _dcm("121015", "Device Observer Model Name")
-_PROCEDURE_REPORTED = _dcm("121058", "Procedure reported")
-_MEASUREMENT_GROUP = _dcm("125007", "Measurement Group")
-_TRACKING_IDENTIFIER = _dcm("112039", "Tracking Identifier")
-_TRACKING_UID = _dcm("112040", "Tracking Unique Identifier")
-_FINDING = _dcm("121071", "Finding")
-_ALGORITHM_NAME = _dcm("111001", "Algorithm Name")
-_ALGORITHM_VERSION = _dcm("111003", "Algorithm Version")
-_IMAGE_REGION = _dcm("111030", "Image Region")
-_SOURCE = CodedConcept(value="260753009", scheme_designator="SCT", meaning="Source")
 _ACQUISITION_EQUIPMENT = _dcm("109101", "Acquisition Equipment")
 _PROCESSING_EQUIPMENT = _dcm("109102", "Processing Equipment")
-
-
-def device_observer_uid(model_name: str, model_version: str) -> str:
-    """Return a stable Device Observer UID for one model name/version."""
-    return str(generate_uid(entropy_srcs=["radstream-model", model_name, model_version]))
-
-
-def scoord_point(output: InstanceOutput, header: Dataset) -> npt.NDArray[np.float64]:
-    """Return the peak as SCOORD graphic data ``[[column, row]]``.
-
-    ``peak_row``/``peak_col`` are array indices with pixel centres at
-    integers; SCOORD puts the top-left corner of the top-left pixel at
-    (0, 0), so the centre of pixel (r, c) is (c + 0.5, r + 0.5). The point is
-    clipped to the image.
-    """
-    column = min(max(output.peak_col + 0.5, 0.0), float(header.Columns))
-    row = min(max(output.peak_row + 0.5, 0.0), float(header.Rows))
-    return np.array([[column, row]], dtype=np.float64)
-
-
-# --- content items ------------------------------------------------------------------------------------
-
-
-def _code(concept: CodedConcept) -> Dataset:
-    item = Dataset()
-    item.CodeValue = concept.CodeValue
-    item.CodingSchemeDesignator = concept.CodingSchemeDesignator
-    if "CodingSchemeVersion" in concept:
-        item.CodingSchemeVersion = concept.CodingSchemeVersion
-    item.CodeMeaning = concept.CodeMeaning
-    return item
-
-
-def _item(relationship: str | None, value_type: str, name: CodedConcept, **values: Any) -> Dataset:
-    item = Dataset()
-    if relationship is not None:
-        item.RelationshipType = relationship
-    item.ValueType = value_type
-    item.ConceptNameCodeSequence = [_code(name)]
-    for keyword, value in values.items():
-        setattr(item, keyword, value)
-    return item
-
-
-def _code_item(relationship: str, name: CodedConcept, value: CodedConcept) -> Dataset:
-    return _item(relationship, "CODE", name, ConceptCodeSequence=[_code(value)])
-
-
-def _text_item(relationship: str, name: CodedConcept, text: str) -> Dataset:
-    return _item(relationship, "TEXT", name, TextValue=text)
-
-
-def _uid_item(relationship: str, name: CodedConcept, uid: str) -> Dataset:
-    return _item(relationship, "UIDREF", name, UID=uid)
-
-
-def _container(relationship: str | None, name: CodedConcept, template: str | None = None) -> Dataset:
-    item = _item(relationship, "CONTAINER", name, ContinuityOfContent="CONTINUOUS")
-    if template is not None:
-        reference = Dataset()
-        reference.MappingResource = "DCMR"
-        reference.TemplateIdentifier = template
-        item.ContentTemplateSequence = [reference]
-    return item
-
-
-def _algorithm(name: str, version: str) -> list[Dataset]:
-    """TID 4019 Algorithm Identification."""
-    return [
-        _text_item("HAS CONCEPT MOD", _ALGORITHM_NAME, name),
-        _text_item("HAS CONCEPT MOD", _ALGORITHM_VERSION, version),
-    ]
-
-
-def _measurement_group(item: AnalysedInstance, index: int, threshold: float) -> Dataset:
-    """TID 1410 Planar ROI Measurements and Qualitative Evaluations, for one image."""
-    header, output = item.header, item.output
-    name, version = output.model_name, output.model_version
-    probability = round(output.probability, 6)
-
-    measured = Dataset()
-    measured.MeasurementUnitsCodeSequence = [_code(codes.NO_UNITS)]
-    measured.NumericValue = DS(probability, auto_format=True)
-    measured.FloatingPointValue = probability
-    measurement = _item("CONTAINS", "NUM", codes.PROBABILITY, MeasuredValueSequence=[measured])
-    measurement.ContentSequence = _algorithm(name, version)
-
-    image = Dataset()
-    image.ReferencedSOPClassUID = str(header.SOPClassUID)
-    image.ReferencedSOPInstanceUID = str(header.SOPInstanceUID)
-    frame = analysed_frame_number(header)
-    if frame is not None:  # the point is on the frame the model saw (Image Reference Macro, type 1C)
-        image.ReferencedFrameNumber = frame
-    source = _item("SELECTED FROM", "IMAGE", _SOURCE, ReferencedSOPSequence=[image])
-    region = _item("CONTAINS", "SCOORD", _IMAGE_REGION, ContentSequence=[source], GraphicType="POINT")
-    region.GraphicData = [float(v) for v in scoord_point(output, header).flatten()]
-
-    group = _container("CONTAINS", _MEASUREMENT_GROUP, template="1410")
-    group.ContentSequence = [
-        _text_item("HAS OBS CONTEXT", _TRACKING_IDENTIFIER, f"Lesion peak {index}"),
-        _uid_item("HAS OBS CONTEXT", _TRACKING_UID, str(UID())),
-        _code_item("CONTAINS", _FINDING, codes.LESION),
-        *_algorithm(name, version),
-        measurement,
-        _code_item("CONTAINS", codes.LESION, codes.PRESENT if output.probability >= threshold else codes.ABSENT),
-        region,
-    ]
-    return group
-
-
-def _report_content(analysed: list[AnalysedInstance], threshold: float) -> list[Dataset]:
-    """The root container's items: TID 1500 rows 2-6 (language, observer, procedure, library, measurements)."""
-    first = analysed[0].output
-    name, version = first.model_name, first.model_version
-    measurements = _container("CONTAINS", IMAGING_MEASUREMENTS)
-    measurements.ContentSequence = [
-        _measurement_group(item, index, threshold) for index, item in enumerate(analysed, start=1)
-    ]
-    return [
-        _code_item("HAS CONCEPT MOD", _LANGUAGE, _ENGLISH_US),
-        # TID 1002 Observer Context, TID 1004 Device Observer Identifying Attributes
-        _code_item("HAS OBS CONTEXT", _OBSERVER_TYPE, codes.DEVICE),
-        _uid_item("HAS OBS CONTEXT", _DEVICE_OBSERVER_UID, device_observer_uid(name, version)),
-        _text_item("HAS OBS CONTEXT", _DEVICE_OBSERVER_NAME, name),
-        _text_item("HAS OBS CONTEXT", _DEVICE_OBSERVER_MANUFACTURER, codes.MANUFACTURER),
-        _text_item("HAS OBS CONTEXT", _DEVICE_OBSERVER_MODEL_NAME, f"{name} {version}"),
-        _code_item("HAS CONCEPT MOD", _PROCEDURE_REPORTED, codes.IMAGING_PROCEDURE),
-        _container("CONTAINS", IMAGE_LIBRARY),
-        measurements,
-    ]
 
 
 # --- document attributes ------------------------------------------------------------------------------
