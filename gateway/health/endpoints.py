@@ -6,8 +6,8 @@ from fastapi import APIRouter, Response
 from pydantic import BaseModel
 
 from gateway.errors import error_responses
+from gateway.health import service
 from gateway.services import ServicesDep
-from radstream.errors import StorageUnavailable
 
 router = APIRouter(tags=["Health"])
 
@@ -29,13 +29,7 @@ async def healthz() -> Health:
 )
 async def readyz(services: ServicesDep) -> Health:
     """What STOW-RS needs: the images bucket and the status table (results are read only on request)."""
-    checks = (("the object store", services.images.reachable), ("the status table", services.status.reachable))
-    for what, reachable in checks:
-        if not await reachable():
-            raise StorageUnavailable(
-                f"{what} is not reachable",
-                headers={"Retry-After": str(services.settings.storage_retry_after_s)},
-            )
+    await service.check_ready(services)
     return Health(status="ready")
 
 
