@@ -48,6 +48,7 @@ from infra.local.provision import provision
 from infra.local.stack import child_env, gateway_process_spec, isolated_settings
 from infra.local.supervisor import Supervisor
 from loadtest import bench_stow, cpus
+from loadtest.measure import Measurement
 from loadtest.multipart_library import LibraryMultipartParser
 from loadtest.synthetic import ct_series_bytes
 from radstream.settings import PROJECT_ROOT
@@ -279,11 +280,11 @@ def bench_stow_paths(instances: int, rounds: int) -> dict[str, Any]:
             study, parts = maker.fresh()
             bodies = bench_stow.multipart_bodies(study, parts[: bench_stow.BATCH_INSTANCES * bench_stow.CONCURRENCY])
             asyncio.run(bench_stow.stow(url, auth, bodies, {}))
-        runs: dict[str, list[bench_stow.Measurement]] = {name: [] for name in gateways}
+        runs: dict[str, list[Measurement]] = {name: [] for name in gateways}
         ratios: dict[str, list[float]] = {"instances_per_s": [], "gateway_cpu_per_instance": []}
         for r in range(rounds):
             order = list(gateways) if r % 2 == 0 else list(reversed(gateways))
-            this: dict[str, bench_stow.Measurement] = {}
+            this: dict[str, Measurement] = {}
             for name in order:
                 url, pid = gateways[name]
                 study, parts = maker.fresh()
