@@ -1,4 +1,4 @@
-"""The ``radstream`` command: up | send | status | results | infer | stats | bench | worker.
+"""The ``radstream`` command: up | send | status | results | infer | stats | bench | worker | dimse.
 
 The top of the layers: it may import every package (the local stack, the worker, the load tests); nothing
 imports it."""
@@ -230,6 +230,23 @@ def worker() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     # uvloop, as uvicorn uses for the gateway: the worker is mostly event loop and HTTP client work
     raise typer.Exit(uvloop.run(run_worker(get_settings())))
+
+
+@app.command()
+def dimse() -> None:
+    """Run the DIMSE listener (C-STORE SCP) until SIGTERM."""
+    import logging
+
+    import uvloop
+
+    from dimse.errors import PeerConfigError
+    from dimse.main import serve
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        raise typer.Exit(uvloop.run(serve(_settings())))
+    except PeerConfigError as exc:
+        raise _fail(f"radstream dimse: {exc.detail}") from None
 
 
 @app.command()

@@ -57,6 +57,24 @@ class Settings(BaseSettings):
     max_concurrent_stow_requests: int = 64
     storage_retry_after_s: int = 5
 
+    # DIMSE listener (C-STORE SCP): dimse/
+    dimse_host: str = "127.0.0.1"
+    dimse_port: int = 11112
+    dimse_ae_title: str = Field("RADSTREAM", min_length=1, max_length=16)
+    dimse_peers: str | None = Field(
+        None, description='"tenant:CALLINGAE[@host],..."; none: any calling AE, into the first tenant (local only)'
+    )
+    dimse_metrics_port: int = Field(9102, description="the listener's Prometheus /metrics, on dimse_host")
+    dimse_max_associations: int = Field(32, ge=1)
+    dimse_max_associations_per_peer: int = Field(8, ge=1)
+    dimse_max_pdu_bytes: int = Field(262_144, ge=0, description="largest P-DATA PDU accepted; 0: unlimited")
+    dimse_acse_timeout_s: float = 30.0
+    dimse_dimse_timeout_s: float = 60.0
+    dimse_network_timeout_s: float = 60.0
+    dimse_store_timeout_s: float = Field(120.0, description="longest wait for storage before 0xA700")
+    dimse_flush_instances: int = Field(500, ge=1, description="an open association's manifest every N instances")
+    dimse_flush_quiet_s: float = Field(5.0, gt=0, description="... or after this long without a C-STORE")
+
     # Triton and the inference worker
     triton_grpc_url: str = "127.0.0.1:8001"
     triton_http_port: int = 8000
@@ -77,7 +95,7 @@ class Settings(BaseSettings):
     model_repository: Path = PROJECT_ROOT / "triton" / "models"
     state_dir: Path = PROJECT_ROOT / ".radstream"
 
-    @field_validator("aws_endpoint_url", "kms_key_id", "public_base_url", "api_keys", mode="before")
+    @field_validator("aws_endpoint_url", "kms_key_id", "public_base_url", "api_keys", "dimse_peers", mode="before")
     @classmethod
     def _empty_is_none(cls, value: object) -> object:
         return None if value == "" else value

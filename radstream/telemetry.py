@@ -22,7 +22,18 @@ log = logging.getLogger("radstream.telemetry")
 SCHEMA_VERSION = "1"
 MAX_RECORDS_PER_CALL = 500  # Kinesis PutRecords limit: a full buffer is sent at once
 
-Stage = Literal["stow", "validate", "prepare", "inference_queue", "inference", "store", "failed", "end_to_end", "batch"]
+Stage = Literal[
+    "stow",
+    "association",
+    "validate",
+    "prepare",
+    "inference_queue",
+    "inference",
+    "store",
+    "failed",
+    "end_to_end",
+    "batch",
+]
 Outcome = Literal["ok", "failed", "no_model", "retry"]
 
 

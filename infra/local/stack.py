@@ -77,12 +77,33 @@ def worker_process_spec(settings: Settings, env: dict[str, str]) -> ProcessSpec:
     )
 
 
+def tcp_open(host: str, port: int, timeout_s: float = 1.0) -> bool:
+    """True when something accepts TCP connections on host:port; never raises."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+def dimse_process_spec(settings: Settings, env: dict[str, str]) -> ProcessSpec:
+    return ProcessSpec(
+        name="dimse",
+        argv=[sys.executable, "-m", "cli.main", "dimse"],
+        env=env,
+        ready=lambda: tcp_open(settings.dimse_host, settings.dimse_port),
+        ready_timeout_s=30.0,
+        log_path=settings.state_dir / "logs" / "dimse.log",
+    )
+
+
 def process_specs(settings: Settings, env: dict[str, str]) -> list[ProcessSpec]:
     """Every process after the emulator and provisioning, in start order."""
     return [
         lambda_runtime_process_spec(settings),
         triton_process_spec(settings),
         gateway_process_spec(settings, env),
+        dimse_process_spec(settings, env),
         worker_process_spec(settings, env),
     ]
 
@@ -100,6 +121,8 @@ def isolated_settings(state_dir: Path, api_keys: str, **overrides: object) -> Se
         "triton_http_port": free_port(),
         "triton_metrics_port": free_port(),
         "lambda_runtime_port": free_port(),
+        "dimse_port": free_port(),
+        "dimse_metrics_port": free_port(),
         **overrides,
     }
     return Settings(**values)  # type: ignore[arg-type]
@@ -116,6 +139,8 @@ def listening_ports(settings: Settings) -> list[tuple[str, str, int]]:
         ("Triton HTTP", "RADSTREAM_TRITON_HTTP_PORT", settings.triton_http_port),
         ("Triton metrics", "RADSTREAM_TRITON_METRICS_PORT", settings.triton_metrics_port),
         ("the gateway", "RADSTREAM_HTTP_PORT", settings.http_port),
+        ("the DIMSE listener", "RADSTREAM_DIMSE_PORT", settings.dimse_port),
+        ("the DIMSE listener's metrics", "RADSTREAM_DIMSE_METRICS_PORT", settings.dimse_metrics_port),
     ]
     out: list[tuple[str, str, int]] = []
     for what, setting, port in ports:
@@ -191,8 +216,11 @@ def run(settings: Settings) -> int:
         print(
             f"\nRadStream is up.\n  API docs  {base}/docs\n"
             f"  DICOMweb  {base}/dicomweb (STOW-RS: POST {base}/dicomweb/studies)\n"
+            f"  DIMSE     {settings.dimse_ae_title}@{settings.dimse_host}:{settings.dimse_port} (C-STORE, C-ECHO)\n"
             f"  AWS emulator {settings.aws_endpoint_url}\n  API key   in {where}\n"
-            f"Try: radstream send PATH --url {base}\nCtrl-C stops everything.\n",
+            f"Try: radstream send PATH --url {base}\n"
+            f"  or: storescu -aec {settings.dimse_ae_title} +sd +r {settings.dimse_host} {settings.dimse_port} FOLDER\n"
+            "Ctrl-C stops everything.\n",
             flush=True,
         )
         if settings.api_keys is None:
