@@ -57,6 +57,7 @@ class InstanceHeader:
     transfer_syntax_uid: str
     modality: str | None
     warnings: tuple[tuple[WarningReason, str], ...] = field(default=())
+    data_set_offset: int | None = None  # where the data set starts, after the preamble and File Meta
 
 
 def _uid(ds: pydicom.Dataset, keyword: str, cls: str | None, inst: str | None) -> str:
@@ -153,7 +154,7 @@ def _inflated_prefix(stream: BinaryIO, limit: int) -> bytes:
     return bytes(prefix)
 
 
-def _read_routing_attributes(stream: BinaryIO) -> Dataset:
+def _read_routing_attributes(stream: BinaryIO) -> tuple[Dataset, int | None]:
     """The data set up to group 0020 with its File Meta, reading at most HEADER_LIMIT_BYTES of the header
     (and, for a deflated data set, inflating it as a stream under MAX_INFLATED_BYTES)."""
     start = stream.tell()
@@ -161,6 +162,7 @@ def _read_routing_attributes(stream: BinaryIO) -> Dataset:
     capped = cast(BinaryIO, _Capped(stream, HEADER_LIMIT_BYTES))
     read_preamble(capped, force)
     meta = _read_file_meta_info(capped)
+    offset = stream.tell() - start
     syntax = meta.get("TransferSyntaxUID")
     if syntax == DeflatedExplicitVRLittleEndian:
         inflated = io.BytesIO(_inflated_prefix(stream, HEADER_LIMIT_BYTES))
@@ -172,9 +174,10 @@ def _read_routing_attributes(stream: BinaryIO) -> Dataset:
         ds = read_dataset(capped, uid.is_implicit_VR, uid.is_little_endian, stop_when=_beyond_routing_groups)
     else:  # no syntax, or one pydicom does not know: pydicom's own guess at the encoding, from the start
         stream.seek(start)
-        return read_partial(cast(BinaryIO, _Capped(stream, HEADER_LIMIT_BYTES)), _beyond_routing_groups, force=force)
+        partial = read_partial(cast(BinaryIO, _Capped(stream, HEADER_LIMIT_BYTES)), _beyond_routing_groups, force=force)
+        return partial, None
     ds.file_meta = meta
-    return ds
+    return ds, offset
 
 
 def read_header(stream: BinaryIO) -> InstanceHeader:
@@ -183,7 +186,7 @@ def read_header(stream: BinaryIO) -> InstanceHeader:
     Raises :class:`DicomPartError` with the failure reason for anything the gateway must refuse.
     """
     try:
-        ds = _read_routing_attributes(stream)
+        ds, data_set_offset = _read_routing_attributes(stream)
     except DicomPartError:
         raise
     except _HeaderTooLarge as exc:
@@ -245,4 +248,5 @@ def read_header(stream: BinaryIO) -> InstanceHeader:
         transfer_syntax_uid=ts,
         modality=str(modality) if modality else None,
         warnings=tuple(warnings),
+        data_set_offset=data_set_offset,
     )

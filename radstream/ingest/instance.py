@@ -8,12 +8,14 @@ arrived), and the answer is a :class:`StoredInstance` (created, identical, or ad
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import io
 import logging
 from typing import IO
 
 from radstream import keys
 from radstream.aws.s3 import ObjectStore, PutOutcome
-from radstream.dicom import read_header
+from radstream.dicom import InstanceHeader, read_header
 from radstream.errors import DicomPartError, FailureReason, StorageError, StorageUnavailable
 from radstream.ingest.adoption import RecordedKeys, unrecorded
 from radstream.ingest.outcome import FailedInstance, StoredInstance
@@ -70,7 +72,10 @@ async def store_instance(
             request_id=request_id,
             transfer_syntax=header.transfer_syntax_uid,
         )
-        adopted = put.outcome is PutOutcome.IDENTICAL and await unrecorded(key, header, put.existing, recorded)
+        outcome = put.outcome
+        if outcome is PutOutcome.CONFLICT and await _same_data_set(images, key, file, header):
+            outcome = PutOutcome.IDENTICAL  # the same data set in another wrapper (preamble, File Meta)
+        adopted = outcome is PutOutcome.IDENTICAL and await unrecorded(key, header, put.existing, recorded)
     except StorageUnavailable as exc:
         return FailedInstance(FailureReason.OUT_OF_RESOURCES, exc.detail, header.sop_class_uid, header.sop_instance_uid)
     except StorageError as exc:
@@ -81,11 +86,39 @@ async def store_instance(
             header.sop_class_uid,
             header.sop_instance_uid,
         )
-    if put.outcome is PutOutcome.CONFLICT:
+    if outcome is PutOutcome.CONFLICT:
         return FailedInstance(
             FailureReason.DUPLICATE_SOP_INSTANCE,
             "different content is stored under this SOPInstanceUID",
             header.sop_class_uid,
             header.sop_instance_uid,
         )
-    return StoredInstance(header, key, size, sha256, created=put.outcome is PutOutcome.CREATED, adopted=adopted)
+    return StoredInstance(header, key, size, sha256, created=outcome is PutOutcome.CREATED, adopted=adopted)
+
+
+def _data_set_digest(file: IO[bytes], offset: int) -> str:
+    digest = hashlib.sha256()
+    file.seek(offset)
+    while chunk := file.read(1 << 20):
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
+async def _same_data_set(images: ObjectStore, key: str, file: IO[bytes], header: InstanceHeader) -> bool:
+    """Whether the object stored under ``key`` holds the same data set, byte for byte, as ``file`` (only its
+    preamble or File Meta differ: one client wrote no preamble, another a File Meta of its own, C-STORE
+    none). Asked only when the whole files differ, so an identical re-send costs nothing more."""
+    if header.data_set_offset is None:
+        return False
+    stored = io.BytesIO(await images.get_bytes(key))
+    try:
+        stored_header = await asyncio.to_thread(read_header, stored)
+    except Exception:  # what is stored is not readable as DICOM: not the same data set
+        return False
+    if stored_header.data_set_offset is None or stored_header.transfer_syntax_uid != header.transfer_syntax_uid:
+        return False
+    ours, theirs = await asyncio.gather(
+        asyncio.to_thread(_data_set_digest, file, header.data_set_offset),
+        asyncio.to_thread(_data_set_digest, stored, stored_header.data_set_offset),
+    )
+    return ours == theirs

@@ -19,15 +19,18 @@ import boto3
 import httpx
 import pydicom
 import pytest
+from dicomweb_client.api import DICOMwebClient
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[attr-defined]
+from requests import HTTPError
 
 from loadtest import synthetic
 from radstream import keys
 from radstream.settings import Settings
 from tests.conftest import KEY_ALPHA, KEY_BETA, Gateway, free_port
 from tests.dimse.conftest import Listener, start_listener
+from tests.gateway.stowhelp import BOUNDARY, multipart
 
 WAIT_S = 20.0
 
@@ -334,3 +337,35 @@ def test_storage_unavailable_is_out_of_resources_and_a_retry_is_stored(
     assert assoc.send_c_store(datasets[1]).Status == 0x0000  # the sender's retry
     assoc.release()
     assert wait_listed(listener.settings, "alpha", uids.study, 2) == {ds.SOPInstanceUID for ds in datasets}
+
+
+def test_the_same_data_set_in_another_wrapper_counts_as_stored(listener: Listener, gateway: Gateway) -> None:
+    """Received by C-STORE (a File Meta of RadStream's), then sent again by dicomweb-client (its own File
+    Meta, no preamble) and as a file with a preamble of its own: one instance, stored once, no conflict."""
+    uids, datasets = study(2)
+    assoc = associate(listener, "MODALITY_A")
+    assert [assoc.send_c_store(ds).Status for ds in datasets] == [0x0000] * 2
+    assoc.release()
+    assert len(wait_listed(listener.settings, "alpha", uids.study, 2)) == 2
+    web = DICOMwebClient(url=f"{gateway.url}/dicomweb", headers=gateway.auth())
+    result = web.store_instances([datasets[0]])
+    assert "FailedSOPSequence" not in result
+    assert len(result.ReferencedSOPSequence) == 1
+    rewrapped = io.BytesIO()
+    datasets[1].preamble = b"\x01" * 128
+    datasets[1].save_as(rewrapped, enforce_file_format=True)
+    response = httpx.post(
+        f"{gateway.url}/dicomweb/studies/{uids.study}",
+        content=multipart([rewrapped.getvalue()]),
+        headers={**gateway.auth(), "Content-Type": f'multipart/related; type="application/dicom"; boundary={BOUNDARY}'},
+        timeout=30,
+    )
+    assert response.status_code == 200, response.text
+    assert len(manifests(listener.settings, "alpha", uids.study)) == 1  # nothing new to process
+    different = copy.deepcopy(datasets[0])
+    different.SeriesDescription = "not the same data set"
+    with pytest.raises(HTTPError) as refused:
+        web.store_instances([different])
+    assert refused.value.response.status_code == 409
+    (failed,) = refused.value.response.json()["00081198"]["Value"]
+    assert failed["00081197"]["Value"] == [0x0111]
