@@ -1,10 +1,12 @@
 """The whole benchmark in one go: every measurement next to its reference, in the same run, on this machine.
 
-``run_bench(out, quick=...)`` runs four sections, each independent of the others (an exception in one is
+``run_bench(out, quick=...)`` runs five sections, each independent of the others (an exception in one is
 recorded as ``{"error": ...}`` and the rest goes on):
 
 * **inference**: in-process onnxruntime vs the batcher through a local Triton (:mod:`loadtest.bench_inference`);
 * **stow**: raw S3 PutObject vs gateway STOW-RS vs Orthanc (:mod:`loadtest.bench_stow`);
+* **dimse**: C-STORE into the listener (1 and 4 associations) vs Orthanc's C-STORE SCP, STOW-RS and raw
+  PutObject (:mod:`loadtest.bench_dimse`);
 * **pipeline**: end-to-end latency vs open-loop arrival rate, per-stage breakdown (:mod:`loadtest.bench_pipeline`);
 * **memory**: the gateway's peak RSS on one large STOW request vs the request's size (:mod:`loadtest.bench_memory`).
 
@@ -35,7 +37,7 @@ from infra.local.triton import triton_process_spec
 from loadtest import bench_memory, cpus, plots
 from radstream.settings import Settings
 
-SECTIONS = ("inference", "stow", "pipeline", "memory")
+SECTIONS = ("inference", "stow", "dimse", "pipeline", "memory")
 TINY_MEMORY_INSTANCES = 5  # about 50 MB
 
 
@@ -106,6 +108,12 @@ def stow_section(quick: bool, tiny: bool) -> dict[str, Any]:
     return bench_stow.run(quick=quick or tiny)
 
 
+def dimse_section(quick: bool, tiny: bool) -> dict[str, Any]:
+    from loadtest import bench_dimse
+
+    return bench_dimse.run(quick=quick or tiny)
+
+
 def pipeline_section(quick: bool, tiny: bool) -> dict[str, Any]:
     from loadtest import bench_pipeline
 
@@ -121,6 +129,7 @@ def memory_section(quick: bool, tiny: bool) -> dict[str, Any]:
 RUNNERS: dict[str, Callable[[bool, bool], dict[str, Any]]] = {
     "inference": inference_section,
     "stow": stow_section,
+    "dimse": dimse_section,
     "pipeline": pipeline_section,
     "memory": memory_section,
 }

@@ -14,12 +14,14 @@ from typing import Any
 TITLES = {
     "inference": "Inference: in-process onnxruntime vs batcher through Triton",
     "stow": "Ingest: raw S3 PutObject vs gateway STOW-RS vs Orthanc",
+    "dimse": "Ingest over DIMSE: C-STORE into the listener vs Orthanc's C-STORE SCP, STOW-RS and raw PutObject",
     "pipeline": "Pipeline: end-to-end latency vs open-loop arrival rate",
     "memory": "Memory: gateway peak RSS on one large STOW-RS request",
 }
 MODULES = {
     "inference": "loadtest.bench_inference",
     "stow": "loadtest.bench_stow",
+    "dimse": "loadtest.bench_dimse",
     "pipeline": "loadtest.bench_pipeline",
     "memory": "loadtest.bench_memory",
 }
@@ -44,6 +46,13 @@ def limits(section: str, cpus: int | None) -> list[str]:
             "RAM, so raw PutObject measures moto, not S3; the gateway's efficiency is relative to that floor.",
             f"{cores[0].upper()}{cores[1:]} is shared by the client, moto, the gateway and Orthanc. Orthanc "
             "writes its files and SQLite index to disk (fsync), moto does not.",
+        ],
+        "dimse": [
+            "The emulator, as for STOW-RS: every acknowledged instance is a PutObject to moto first, so raw "
+            "PutObject is the ceiling of both doors here.",
+            "One association sends one instance at a time (no asynchronous operations): its rate is bounded by "
+            "one storage round trip per instance, where STOW-RS writes up to 8 parts of a request at once.",
+            f"The sender (pynetdicom, the same for RadStream and Orthanc) shares {cores} with the servers.",
         ],
         "pipeline": [
             "The emulator: S3 notifications, EventBridge and Step Functions run inside moto's single Python "
@@ -83,6 +92,7 @@ def summary_rows(results: dict[str, Any]) -> list[str]:
     """One row per ratio: measurement, its reference, the ratio."""
     rows: list[str] = []
     inf, stow, pipe, mem = (results.get(k, {}) for k in ("inference", "stow", "pipeline", "memory"))
+    dimse = results.get("dimse", {})
 
     if (problem := _state(inf)) is None:
         b32 = inf["batcher"]["32"]["images_per_s"]
@@ -120,6 +130,22 @@ def summary_rows(results: dict[str, Any]) -> list[str]:
             rows.append(f"| ingest | RadStream: {radstream:.1f} inst/s | Orthanc skipped: {reason} | n/a |")
     else:
         rows.append(f"| ingest | {problem} | | |")
+
+    if (problem := _state(dimse)) is None:
+        four = dimse["cstore_4"]["instances_per_s"]
+        rows.append(
+            f"| dimse | C-STORE, 4 associations: {four:.1f} inst/s | STOW-RS: {dimse['stow']['instances_per_s']:.1f} "
+            f"inst/s | C-STORE / STOW-RS **{dimse['cstore_4_vs_stow']:.2f}** |"
+        )
+        for n in (1, 4):
+            if f"cstore_{n}_vs_orthanc" in dimse:
+                rows.append(
+                    f"| dimse | C-STORE, {n} association(s): {dimse[f'cstore_{n}']['instances_per_s']:.1f} inst/s "
+                    f"| Orthanc: {dimse['orthanc'][f'cstore_{n}']['instances_per_s']:.1f} inst/s "
+                    f"| RadStream / Orthanc **{dimse[f'cstore_{n}_vs_orthanc']:.2f}** |"
+                )
+    else:
+        rows.append(f"| dimse | {problem} | | |")
 
     if (problem := _state(pipe)) is None:
         rates = pipe["rates"]

@@ -68,13 +68,14 @@ def test_checkov_passes_on_rendered_chart(
     summary = json.loads(out)["summary"]
     assert summary["failed"] == 0
     assert summary["passed"] > 100
-    # Only the documented skips (annotations in the templates): image digest and the API-key Secret in env.
-    assert summary["skipped"] == 4
+    # Only the documented skips (annotations in the templates): image digest (gateway, worker, DIMSE
+    # listener, Triton) and the API-key Secret in the gateway's env.
+    assert summary["skipped"] == 5
 
 
 def test_every_container_is_locked_down(docs: list[dict[str, Any]]) -> None:
     deployments = by_kind(docs, "Deployment")
-    assert set(deployments) == {f"{RELEASE}-gateway", f"{RELEASE}-worker", f"{RELEASE}-triton"}
+    assert set(deployments) == {f"{RELEASE}-gateway", f"{RELEASE}-worker", f"{RELEASE}-triton", f"{RELEASE}-dimse"}
     for name, dep in deployments.items():
         pod = dep["spec"]["template"]["spec"]
         assert pod["securityContext"]["runAsNonRoot"] is True, name
@@ -110,6 +111,8 @@ def test_gateway_and_worker_share_one_image_with_their_commands(docs: list[dict[
         "8080",
     ]
     assert worker["command"] == ["radstream", "worker"]
+    listener = deployments[f"{RELEASE}-dimse"]["spec"]["template"]["spec"]["containers"][0]
+    assert listener["image"] == gateway["image"] and listener["command"] == ["radstream", "dimse"]
     assert gateway["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert gateway["livenessProbe"]["httpGet"]["path"] == "/healthz"
 
@@ -192,8 +195,9 @@ def test_service_accounts_are_what_the_irsa_trust_expects_for_any_project_name(t
         for component in ("gateway", "worker", "triton"):
             assert f"{release}-{component}" in accounts, sorted(accounts)
             assert f"${{ProjectName}}-{component}" in trusts
+        # the DIMSE listener writes what the gateway writes, under the gateway's account
         assert sorted(p["serviceAccountName"] for p in pods) == [
-            f"{release}-{c}" for c in ("gateway", "triton", "worker")
+            f"{release}-{c}" for c in ("gateway", "gateway", "triton", "worker")
         ]
 
 
@@ -206,6 +210,15 @@ def test_network_policies_open_only_the_needed_paths(docs: list[dict[str, Any]])
     gateway_from = policies[f"{RELEASE}-gateway"]["spec"]["ingress"][0]["from"]
     assert all("ipBlock" in peer for peer in gateway_from)
     assert "ingress" not in policies[f"{RELEASE}-worker"]["spec"]
+    (dicom,) = policies[f"{RELEASE}-dimse"]["spec"]["ingress"]
+    assert dicom["from"] == [{"ipBlock": {"cidr": "10.0.5.0/24"}}]
+    assert dicom["ports"] == [{"port": "dicom", "protocol": "TCP"}]
+    listener = by_kind(docs, "Service")[f"{RELEASE}-dimse"]
+    assert listener["spec"]["type"] == "LoadBalancer" and listener["spec"]["loadBalancerSourceRanges"] == [
+        "10.0.5.0/24"
+    ]
+    annotations = listener["metadata"]["annotations"]
+    assert annotations["service.beta.kubernetes.io/aws-load-balancer-scheme"] == "internal"
     triton_ingress = policies[f"{RELEASE}-triton"]["spec"]["ingress"]
     grpc_rule = triton_ingress[0]
     assert grpc_rule["from"] == [
@@ -264,6 +277,8 @@ def test_schema_rejects_unsafe_values(tools: Tools, override: str, message: str)
         "ingress.wafAclArn=",
         "networkPolicy.ingressCidrs=null",
         "networkPolicy.ingressCidrs={}",  # empty: a peer-less "from" would admit every source
+        "dimse.peers=",
+        "dimse.sourceCidrs={}",  # empty: the NLB and the policy would admit every source
     ],
 )
 def test_required_values_are_required(tools: Tools, override: str) -> None:
