@@ -132,7 +132,7 @@ def bench_radstream(maker: StudyMaker, repeats: int) -> dict[str, Any]:
                     items = datasets(maker.fresh()[1])
                     servers = {"moto": moto_pid, "dimse": listener.pid}
                     runs[f"cstore_{n}"].append(cstore(address, settings.dimse_ae_title, items, n, servers))
-            result = {name: median_run(measured) for name, measured in runs.items()}
+            result: dict[str, Any] = {name: median_run(measured) for name, measured in runs.items()}
             result["listener_peak_rss_mb"] = peak_rss_mb(listener.pid)
             return result
         finally:
