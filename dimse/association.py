@@ -7,8 +7,10 @@ seconds without a C-STORE, so a long-lived association still starts processing. 
 over several associations get one manifest per association (and flush), as STOW-RS requests do; the
 pipeline builds each study's results from every manifest of it.
 
-Every instance is acknowledged only after S3 confirmed its write. A manifest that cannot be written
-(storage unavailable) is kept and written at the next flush; the instances stay stored meanwhile.
+Every instance is acknowledged only after S3 confirmed its write, and, for the first instance of each
+study under a request id, after the open-association record names the study (dimse/recovery.py), so a
+listener killed before the manifest leaves what another listener needs to write it. A manifest that
+cannot be written (storage unavailable) is kept and written at the next flush.
 """
 
 from __future__ import annotations
@@ -18,9 +20,10 @@ import logging
 import time
 from io import BytesIO
 
+from dimse.recovery import record_closed, record_open
 from radstream import keys
 from radstream.aws.s3 import ObjectStore
-from radstream.errors import StorageError, StorageUnavailable
+from radstream.errors import FailureReason, StorageError, StorageUnavailable
 from radstream.ingest.adoption import RecordedKeys
 from radstream.ingest.commit import Committer
 from radstream.ingest.instance import store_instance
@@ -45,6 +48,7 @@ class AssociationBatch:
     def _new_request(self) -> None:
         self.request_id = keys.new_request_id()
         self._recorded = RecordedKeys(self._images, self.tenant)
+        self._open_studies: list[str] = []  # named by this request's open-association record
 
     @property
     def pending(self) -> int:
@@ -66,6 +70,13 @@ class AssociationBatch:
                 recorded=self._recorded,
             )
             if isinstance(result, StoredInstance):
+                if result.in_manifest and result.header.study_instance_uid not in self._open_studies:
+                    studies = [*self._open_studies, result.header.study_instance_uid]
+                    try:
+                        await record_open(self._images, self.tenant, self.request_id, studies)
+                    except (StorageUnavailable, StorageError) as exc:  # stored, but not acknowledged
+                        return FailedInstance(FailureReason.OUT_OF_RESOURCES, exc.detail[:64])
+                    self._open_studies = studies
                 self.stored += 1
                 self.bytes += result.size
                 if result.in_manifest:
@@ -89,5 +100,9 @@ class AssociationBatch:
             log.warning("manifest of %d instances not written yet: %s", len(self._pending), type(exc).__name__)
             return False
         self._pending.clear()
+        try:
+            await record_closed(self._images, self.tenant, self.request_id)
+        except (StorageUnavailable, StorageError) as exc:  # a sweep removes it (the manifest exists)
+            log.warning("open-association record %s not removed: %s", self.request_id, type(exc).__name__)
         self._new_request()
         return True

@@ -13,6 +13,7 @@ from prometheus_client import start_http_server
 
 from dimse.listener import Listener
 from dimse.peers import peer_table
+from dimse.recovery import sweep_forever
 from radstream.clients import open_clients
 from radstream.dicom import keep_values_out_of_logs, read_values_unvalidated
 from radstream.ingest.commit import Committer
@@ -41,15 +42,17 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> int:
             settings.dimse_metrics_port, addr=settings.dimse_host, registry=listener.metrics.registry
         )
         flushing = asyncio.create_task(listener.flush_loop(), name="dimse-flush")
+        sweeping = asyncio.create_task(sweep_forever(clients.images, committer), name="dimse-recovery")
         scope = "any calling AE" if peers.open else "the configured peers"
         log.info("DIMSE listener %s on %s:%d, accepting %s", settings.dimse_ae_title, host, port, scope)
         try:
             await stop.wait()
         finally:
             await asyncio.to_thread(listener.stop)  # open associations end; their manifests are written
-            flushing.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await flushing
+            for task in (flushing, sweeping):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await listener.flush_all()
             metrics_server.shutdown()
             await telemetry.close()

@@ -58,6 +58,17 @@ def study_manifest_prefix(tenant: str, study: str) -> str:
     return f"{MANIFEST_PREFIX}{tenant}/{study}/"
 
 
+OPEN_ASSOCIATIONS_PREFIX = "dimse/open/"
+
+
+def open_association_key(tenant: str, request_id: str) -> str:
+    """What an association stored and acknowledged before its manifest is written (dimse/recovery.py)."""
+    _check(tenant)
+    if not is_request_id(request_id):
+        raise ValueError(f"not a request id: {request_id!r}")
+    return f"{OPEN_ASSOCIATIONS_PREFIX}{tenant}/{request_id}.json"
+
+
 def new_request_id() -> str:
     """A STOW request's id: its manifests' names and, in each instance object it creates, who created it."""
     return f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:12]}"

@@ -335,6 +335,10 @@ def test_eks_roles_grant_what_the_gateway_and_worker_do(template: dict[str, Any]
         for action in ("s3:PutObject", "s3:GetObject")  # no DeleteObject: nothing the gateway stores is removed
         for prefix in ("instances", "manifests")
     } | {
+        # the DIMSE listener (same role): its open-association records, the only objects it removes
+        (action, "ImagesBucket/dimse/open/*")
+        for action in ("s3:PutObject", "s3:GetObject", "s3:DeleteObject")
+    } | {
         ("s3:ListBucket", "ImagesBucket"),  # listing a study; HeadBucket for /readyz
         ("s3:GetObject", "ResultsBucket/results/*"),
         ("s3:ListBucket", "ResultsBucket"),  # a missing result answers 404, not 403

@@ -7,6 +7,8 @@ import contextlib
 import copy
 import io
 import json
+import os
+import signal
 import socket
 import subprocess
 import threading
@@ -62,6 +64,15 @@ def manifests(settings: Settings, tenant: str, study_uid: str) -> list[dict[str,
     listing = client.list_objects_v2(
         Bucket=settings.images_bucket, Prefix=keys.study_manifest_prefix(tenant, study_uid)
     )
+    return [
+        json.loads(client.get_object(Bucket=settings.images_bucket, Key=o["Key"])["Body"].read())
+        for o in listing.get("Contents", [])
+    ]
+
+
+def open_records(settings: Settings) -> list[dict[str, Any]]:
+    client = s3(settings)
+    listing = client.list_objects_v2(Bucket=settings.images_bucket, Prefix=keys.OPEN_ASSOCIATIONS_PREFIX)
     return [
         json.loads(client.get_object(Bucket=settings.images_bucket, Key=o["Key"])["Body"].read())
         for o in listing.get("Contents", [])
@@ -369,3 +380,30 @@ def test_the_same_data_set_in_another_wrapper_counts_as_stored(listener: Listene
     assert refused.value.response.status_code == 409
     (failed,) = refused.value.response.json()["00081198"]["Value"]
     assert failed["00081197"]["Value"] == [0x0111]
+
+
+def test_a_listener_killed_mid_association_loses_nothing_it_acknowledged(settings: Settings, tmp_path: Path) -> None:
+    """SIGKILL after five acknowledgements and before any manifest: the next listener writes it."""
+    quiet = {"dimse_peers": "alpha:MODALITY_A", "dimse_flush_quiet_s": 600.0, "dimse_flush_instances": 1000}
+    first = start_listener(settings, state_dir=tmp_path / "a", **quiet)
+    uids, datasets = study(5)
+    try:
+        assoc = associate(first, "MODALITY_A")
+        assert [assoc.send_c_store(ds).Status for ds in datasets] == [0x0000] * 5
+        os.kill(first.pid, signal.SIGKILL)
+        first.supervisor.stop()
+    finally:
+        first.supervisor.stop()
+    client = s3(first.settings)
+    stored = client.list_objects_v2(Bucket=settings.images_bucket, Prefix=f"instances/alpha/{uids.study}/")
+    assert stored["KeyCount"] == 5  # stored and acknowledged ...
+    assert listed(first.settings, "alpha", uids.study) == set()  # ... and in no manifest yet
+    assert any(uids.study in record["studies"] for record in open_records(first.settings))
+    second = start_listener(settings, state_dir=tmp_path / "b", **quiet)
+    try:
+        assert wait_listed(second.settings, "alpha", uids.study, 5) == {ds.SOPInstanceUID for ds in datasets}
+        (manifest,) = manifests(second.settings, "alpha", uids.study)
+        assert len(manifest["instances"]) == 5
+        assert all(uids.study not in record["studies"] for record in open_records(second.settings))  # closed
+    finally:
+        second.supervisor.stop()
