@@ -1,7 +1,8 @@
-"""A real PACS pushes to RadStream: Orthanc's DICOMweb plugin sends a study over STOW-RS.
+"""A real PACS pushes to RadStream: Orthanc sends a study over STOW-RS (its DICOMweb plugin) and over DIMSE
+C-STORE (as an SCU, to the DIMSE listener).
 
-Orthanc 1.10 cannot bind to 127.0.0.1 alone, so the emulator, the gateway and Orthanc all run in a
-network namespace of this test that has only ``lo``; every request is made from inside it.
+Orthanc 1.10 cannot bind to 127.0.0.1 alone, so the emulator, the gateway, the listener and Orthanc all
+run in a network namespace of this test that has only ``lo``; every request is made from inside it.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import pytest
 
 from infra.local.emulator.process import emulator_process_spec
 from infra.local.processes import ProcessSpec
-from infra.local.stack import child_env, gateway_process_spec, isolated_settings
+from infra.local.stack import child_env, dimse_process_spec, gateway_process_spec, isolated_settings
 from infra.local.supervisor import Supervisor
 from loadtest import synthetic
 from loadtest.orthanc import ORTHANC_PLUGIN_CANDIDATES, orthanc_config
@@ -80,7 +81,7 @@ def push_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PushStack]:
     supervisor = Supervisor()
     try:
         subprocess.run(["ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up"], check=True)
-        settings = isolated_settings(work, API_KEYS)
+        settings = isolated_settings(work, API_KEYS, dimse_peers="alpha:ORTHANC", dimse_flush_quiet_s=1.0)
         base = f"http://127.0.0.1:{settings.http_port}"
         supervisor.start(_in_ns(ns, emulator_process_spec(settings), f"{settings.aws_endpoint_url}/moto-api/data.json"))
         _ns_run(
@@ -95,7 +96,10 @@ def push_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PushStack]:
             env=settings_env(settings),
         )
         supervisor.start(_in_ns(ns, gateway_process_spec(settings, child_env(settings, API_KEYS)), f"{base}/healthz"))
+        listener = dimse_process_spec(settings, child_env(settings, API_KEYS))
+        supervisor.start(_in_ns(ns, listener, f"http://127.0.0.1:{settings.dimse_metrics_port}/metrics"))
         config = orthanc_config(work, ORTHANC_PORT, plugin)
+        config["DicomModalities"] = {"radstream": ["RADSTREAM", "127.0.0.1", settings.dimse_port]}
         config["DicomWeb"]["Servers"] = {
             "radstream": {"Url": f"{base}/dicomweb/", "HttpHeaders": {"Authorization": f"Bearer {KEY_ALPHA}"}}
         }
@@ -147,3 +151,46 @@ def test_orthanc_pushes_a_study_over_stow_rs(push_stack: PushStack) -> None:
     assert result["study"]["instances"] == 3
     assert result["study"]["status"] == "received"
     assert result["identical"] is True  # what Orthanc sent is what WADO-RS returns
+
+
+def test_orthanc_pushes_a_study_over_dimse_c_store(push_stack: PushStack) -> None:
+    uids = synthetic.StudyUids.new()
+    files = []
+    for i in range(3):
+        path = push_stack.work / f"dimse{i}.dcm"
+        path.write_bytes(synthetic.to_bytes(synthetic.ct_slice(uids, i, rows=128, cols=128)))
+        files.append(str(path))
+    base = f"http://127.0.0.1:{push_stack.settings.http_port}"
+    result = _ns_run(
+        push_stack.ns,
+        f"""
+        import json, time, urllib.request
+        orthanc = "http://127.0.0.1:{ORTHANC_PORT}"
+        def call(method, url, data=None, headers=None):
+            req = urllib.request.Request(url, data=data, method=method, headers=headers or {{}})
+            with urllib.request.urlopen(req, timeout=60) as r:
+                return r.status, r.read()
+        study = None
+        for f in {files!r}:
+            status, body = call("POST", orthanc + "/instances", open(f, "rb").read())
+            study = json.loads(body)["ParentStudy"]
+        payload = json.dumps({{"Resources": [study], "Synchronous": True}}).encode()
+        status, body = call("POST", orthanc + "/modalities/radstream/store", payload)
+        auth = {{"Authorization": "Bearer {KEY_ALPHA}"}}
+        state = None
+        for _ in range(100):  # the association's manifest is written at its release
+            try:
+                _, raw = call("GET", "{base}/v1/studies/{uids.study}", headers=auth)
+                state = json.loads(raw)
+                if state["instances"] == 3:
+                    break
+            except Exception:
+                pass
+            time.sleep(0.2)
+        print(json.dumps({{"store_status": status, "store": json.loads(body), "study": state}}))
+        """,
+    )
+    assert result["store_status"] == 200, result
+    assert result["store"]["InstancesCount"] == 3 and result["store"]["FailedInstancesCount"] == 0, result
+    assert result["study"]["instances"] == 3
+    assert result["study"]["status"] == "received"
