@@ -407,3 +407,27 @@ def test_a_listener_killed_mid_association_loses_nothing_it_acknowledged(setting
         assert all(uids.study not in record["studies"] for record in open_records(second.settings))  # closed
     finally:
         second.supervisor.stop()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_a_1_gb_study_in_one_association_in_bounded_memory(settings: Settings, tmp_path: Path) -> None:
+    """256 instances of 4 MiB (1450x1450, 16-bit) in one association: the listener's peak RSS stays under
+    300 MB, and every instance is listed."""
+    running = start_listener(settings, dimse_peers="alpha:MODALITY_A", state_dir=tmp_path)
+    try:
+        uids = synthetic.StudyUids.new()
+        assoc = associate(running, "MODALITY_A")
+        sent = 0
+        for i in range(256):
+            ds = synthetic.ct_slice(uids, i, rows=1450, cols=1450)
+            sent += len(ds.PixelData)
+            assert assoc.send_c_store(ds).Status == 0x0000
+        assoc.release()
+        assert sent > 1024**3
+        assert len(wait_listed(running.settings, "alpha", uids.study, 256)) == 256
+        status = Path(f"/proc/{running.pid}/status").read_text()
+        peak_kib = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:"))
+        assert peak_kib < 300 * 1000, f"peak RSS {peak_kib / 1024:.0f} MiB"
+    finally:
+        running.supervisor.stop()
