@@ -70,6 +70,8 @@ def _up_env(state: Path, port: int, aws_port: int) -> dict[str, str]:
         "RADSTREAM_TRITON_GRPC_URL": f"127.0.0.1:{free_port()}",
         "RADSTREAM_TRITON_HTTP_PORT": str(free_port()),
         "RADSTREAM_TRITON_METRICS_PORT": str(free_port()),
+        "RADSTREAM_DIMSE_PORT": str(free_port()),
+        "RADSTREAM_DIMSE_METRICS_PORT": str(free_port()),
         "RADSTREAM_STATE_DIR": str(state),
         "RADSTREAM_API_KEY_FILE": str(state / "api-key"),
     }
