@@ -42,7 +42,7 @@ from radstream.telemetry import BufferedTelemetry, TelemetryEvent
 log = logging.getLogger("radstream.dimse")
 
 SUCCESS = 0x0000
-# The most common first: the SCP takes the first proposed syntax it supports, in the requestor's order.
+# The most common first: of the syntaxes a requestor proposes, the SCP accepts the first on this list.
 PREFERRED_SYNTAXES = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2")
 TRANSFER_SYNTAXES = [*PREFERRED_SYNTAXES, *sorted(KNOWN_TRANSFER_SYNTAXES - set(PREFERRED_SYNTAXES))]
 REASONS = {REJECT_CALLING_AE: "calling_ae", REJECT_CALLED_AE: "called_ae", REJECT_BUSY: "busy"}

@@ -70,7 +70,8 @@ class Settings(BaseSettings):
     dimse_max_pdu_bytes: int = Field(262_144, ge=0, description="largest P-DATA PDU accepted; 0: unlimited")
     dimse_acse_timeout_s: float = 30.0
     dimse_dimse_timeout_s: float = 60.0
-    dimse_network_timeout_s: float = 60.0
+    # Restarted only when a PDU arrives: above dimse_store_timeout_s, so a slow write does not abort.
+    dimse_network_timeout_s: float = 180.0
     dimse_store_timeout_s: float = Field(120.0, description="longest wait for storage before 0xA700")
     dimse_flush_instances: int = Field(500, ge=1, description="an open association's manifest every N instances")
     dimse_flush_quiet_s: float = Field(5.0, gt=0, description="... or after this long without a C-STORE")
