@@ -58,6 +58,23 @@ def _in_ns(ns: str, spec: ProcessSpec, url: str) -> ProcessSpec:
     )
 
 
+def _upload_to_orthanc(files: list[str]) -> str:
+    """Code that defines ``call`` and ``orthanc``, uploads ``files`` to Orthanc, and leaves ``payload``: the
+    study as the body of an Orthanc push job. One line, so that it fits the indentation it is put in."""
+    lines = [
+        "import json, urllib.request",
+        f"orthanc = 'http://127.0.0.1:{ORTHANC_PORT}'",
+        "def call(method, url, data=None, headers=None):",
+        "    req = urllib.request.Request(url, data=data, method=method, headers=headers or {})",
+        "    with urllib.request.urlopen(req, timeout=60) as r:",
+        "        return r.status, r.read()",
+        f"studies = [json.loads(call('POST', orthanc + '/instances', open(f, 'rb').read())[1])['ParentStudy'] "
+        f"for f in {files!r}]",
+        "payload = json.dumps({'Resources': [studies[-1]], 'Synchronous': True}).encode()",
+    ]
+    return f"exec({chr(10).join(lines)!r})"
+
+
 @dataclasses.dataclass
 class PushStack:
     ns: str
@@ -126,18 +143,8 @@ def test_orthanc_pushes_a_study_over_stow_rs(push_stack: PushStack) -> None:
     result = _ns_run(
         push_stack.ns,
         f"""
-        import json, urllib.request
-        orthanc = "http://127.0.0.1:{ORTHANC_PORT}"
+        {_upload_to_orthanc(files)}
         sop = "{sop}"
-        def call(method, url, data=None, headers=None):
-            req = urllib.request.Request(url, data=data, method=method, headers=headers or {{}})
-            with urllib.request.urlopen(req, timeout=60) as r:
-                return r.status, r.read()
-        study = None
-        for f in {files!r}:
-            status, body = call("POST", orthanc + "/instances", open(f, "rb").read())
-            study = json.loads(body)["ParentStudy"]
-        payload = json.dumps({{"Resources": [study], "Synchronous": True}}).encode()
         status, body = call("POST", orthanc + "/dicom-web/servers/radstream/stow", payload)
         auth = {{"Authorization": "Bearer {KEY_ALPHA}"}}
         _, state = call("GET", "{base}/v1/studies/{uids.study}", headers=auth)
@@ -164,17 +171,8 @@ def test_orthanc_pushes_a_study_over_dimse_c_store(push_stack: PushStack) -> Non
     result = _ns_run(
         push_stack.ns,
         f"""
-        import json, time, urllib.request
-        orthanc = "http://127.0.0.1:{ORTHANC_PORT}"
-        def call(method, url, data=None, headers=None):
-            req = urllib.request.Request(url, data=data, method=method, headers=headers or {{}})
-            with urllib.request.urlopen(req, timeout=60) as r:
-                return r.status, r.read()
-        study = None
-        for f in {files!r}:
-            status, body = call("POST", orthanc + "/instances", open(f, "rb").read())
-            study = json.loads(body)["ParentStudy"]
-        payload = json.dumps({{"Resources": [study], "Synchronous": True}}).encode()
+        {_upload_to_orthanc(files)}
+        import time
         status, body = call("POST", orthanc + "/modalities/radstream/store", payload)
         auth = {{"Authorization": "Bearer {KEY_ALPHA}"}}
         state = None
