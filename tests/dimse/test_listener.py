@@ -431,3 +431,22 @@ def test_a_1_gb_study_in_one_association_in_bounded_memory(settings: Settings, t
         assert peak_kib < 300 * 1000, f"peak RSS {peak_kib / 1024:.0f} MiB"
     finally:
         running.supervisor.stop()
+
+
+def test_metrics_count_associations_and_instances_by_peer(listener: Listener) -> None:
+    assert associate(listener, "STRANGER").is_rejected
+    _, datasets = study(2)
+    assoc = associate(listener, "MODALITY_B")
+    assert [assoc.send_c_store(ds).Status for ds in datasets] == [0x0000] * 2
+    assoc.release()
+    url = f"http://{listener.settings.dimse_host}:{listener.settings.dimse_metrics_port}/metrics"
+    deadline = time.monotonic() + WAIT_S
+    while time.monotonic() < deadline:
+        text = httpx.get(url, timeout=5).text
+        if 'event="released"' in text:
+            break
+        time.sleep(0.2)
+    assert 'radstream_dimse_associations_total{event="rejected",reason="calling_ae"}' in text
+    assert 'radstream_dimse_instances_total{peer="MODALITY_B",status="0x0000"}' in text
+    assert "radstream_dimse_stored_bytes_total" in text
+    assert synthetic.FAKE_PATIENT_NAME not in text and synthetic.FAKE_PATIENT_ID not in text
