@@ -571,3 +571,14 @@ def test_the_key_lets_step_functions_deliver_its_logs(template: dict[str, Any]) 
     actions = delivery[0]["Action"]
     assert "kms:Decrypt" in ([actions] if isinstance(actions, str) else actions)
     assert delivery[0]["Condition"]["StringEquals"]["aws:SourceAccount"] == {"Ref": "AWS::AccountId"}
+
+
+def test_the_dimse_listener_nlb_admits_dicom_from_the_configured_sources_only(template: dict[str, Any]) -> None:
+    group = template["Resources"]["DimseSecurityGroup"]
+    assert group["Condition"] == "CreateDimseSecurityGroup"
+    (ingress,) = group["Properties"]["SecurityGroupIngress"]
+    assert (ingress["IpProtocol"], ingress["FromPort"], ingress["ToPort"]) == ("tcp", 11112, 11112)
+    assert ingress["CidrIp"] == {"Ref": "DicomSourceCidr"}
+    (egress,) = group["Properties"]["SecurityGroupEgress"]
+    assert (egress["FromPort"], egress["ToPort"]) == (11112, 11112)
+    assert template["Outputs"]["DimseSecurityGroupId"]["Description"] == "Helm: dimse.securityGroupId"
