@@ -20,7 +20,6 @@ import asyncio
 import json
 import socket
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -46,8 +45,7 @@ from loadtest.bench_stow import (
     stow,
 )
 from loadtest.measure import Clock, Measurement, median_run
-from loadtest.orthanc import NETNS, OrthancUnavailable, orthanc_process
-from radstream.settings import PROJECT_ROOT
+from loadtest.orthanc import OrthancUnavailable, orthanc_process, run_client_in_namespace
 
 STUDY_INSTANCES = 200
 QUICK_INSTANCES = 40
@@ -143,14 +141,9 @@ def bench_orthanc(count: int, repeats: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="radstream-bench-orthanc-") as tmp:
         work = Path(tmp)
         with orthanc_process(work) as (pid, _port, notes):
-            out = work / "client.json"
-            argv = ["ip", "netns", "exec", NETNS, sys.executable, "-m", "loadtest.bench_dimse", "--orthanc-client"]
-            argv += [f"--port={notes['config']['DicomPort']}", f"--server-pid={pid}", f"--instances={count}"]
-            argv += [f"--repeats={repeats}", f"--out={out}"]
-            done = subprocess.run(argv, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=900)
-            if done.returncode != 0 or not out.exists():
-                raise OrthancUnavailable(f"Orthanc C-STORE client failed: {done.stderr[-1500:]}")
-            return {**json.loads(out.read_text()), "notes": notes}
+            args = [f"--port={notes['config']['DicomPort']}", f"--server-pid={pid}", f"--instances={count}"]
+            args += [f"--repeats={repeats}"]
+            return {**run_client_in_namespace("loadtest.bench_dimse", args, work, 900), "notes": notes}
 
 
 def orthanc_client(port: int, server_pid: int, count: int, repeats: int) -> dict[str, Any]:

@@ -34,7 +34,6 @@ import json
 import os
 import secrets
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -53,10 +52,10 @@ from infra.local.stack import child_env, gateway_process_spec, isolated_settings
 from infra.local.supervisor import Supervisor
 from loadtest import cpus
 from loadtest.measure import Measurement, drain, median_run
-from loadtest.orthanc import NETNS, OrthancUnavailable, orthanc_process
+from loadtest.orthanc import OrthancUnavailable, orthanc_process, run_client_in_namespace
 from loadtest.synthetic import StudyUids, ct_slice, to_bytes
 from radstream.aws import config as aws
-from radstream.settings import PROJECT_ROOT, Settings
+from radstream.settings import Settings
 
 STUDY_INSTANCES = 200
 QUICK_INSTANCES = 40
@@ -257,17 +256,10 @@ def bench_orthanc(count: int, repeats: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="radstream-bench-orthanc-") as tmp:
         work = Path(tmp)
         with orthanc_process(work) as (pid, port, notes):
-            out = work / "client.json"
-            argv = ["ip", "netns", "exec", NETNS, sys.executable, "-m", "loadtest.bench_stow", "--orthanc-client"]
-            argv += [f"--url=http://127.0.0.1:{port}/dicom-web", f"--server-pid={pid}", f"--instances={count}"]
-            argv += [f"--repeats={repeats}", f"--out={out}"]
-            done = subprocess.run(
-                argv, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=ORTHANC_CLIENT_TIMEOUT_S
-            )
-            if done.returncode != 0 or not out.exists():
-                log_tail = (work / "orthanc.log").read_text(errors="replace")[-1500:]
-                raise OrthancUnavailable(f"Orthanc client failed: {done.stderr[-1500:]}\nOrthanc log: {log_tail}")
-            return {**json.loads(out.read_text()), "notes": notes}
+            args = [f"--url=http://127.0.0.1:{port}/dicom-web", f"--server-pid={pid}", f"--instances={count}"]
+            args += [f"--repeats={repeats}"]
+            result = run_client_in_namespace("loadtest.bench_stow", args, work, ORTHANC_CLIENT_TIMEOUT_S)
+            return {**result, "notes": notes}
 
 
 async def _wait_http(url: str, timeout_s: float) -> None:

@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -91,3 +92,19 @@ def orthanc_process(work: Path) -> Iterator[tuple[int, int, dict[str, Any]]]:
     finally:
         supervisor.stop()
         _netns("delete", NETNS)
+
+
+def run_client_in_namespace(module: str, args: list[str], work: Path, timeout_s: float) -> dict[str, Any]:
+    """Run ``python -m module --orthanc-client ARGS --out=...`` inside ``NETNS`` (Orthanc's loopback) and
+    return the JSON it wrote; OrthancUnavailable with its stderr and Orthanc's log when it failed."""
+    out = work / "client.json"
+    argv = ["ip", "netns", "exec", NETNS, sys.executable, "-m", module, "--orthanc-client", *args, f"--out={out}"]
+    done = subprocess.run(
+        argv, cwd=Path(__file__).resolve().parent.parent, capture_output=True, text=True, timeout=timeout_s
+    )
+    if done.returncode != 0 or not out.exists():
+        log = work / "orthanc.log"
+        log_tail = log.read_text(errors="replace")[-1500:] if log.exists() else ""
+        raise OrthancUnavailable(f"Orthanc client failed: {done.stderr[-1500:]}\nOrthanc log: {log_tail}")
+    result: dict[str, Any] = json.loads(out.read_text())
+    return result
