@@ -149,10 +149,12 @@ def _fail(message: str) -> typer.Exit:
     return typer.Exit(1)
 
 
-def _get(path: str, url: str | None, api_key: str | None) -> httpx.Response:
+def _get(path: str, url: str | None, api_key: str | None, *, method: str = "GET") -> httpx.Response:
     base = _url(url)
     try:
-        response = httpx.get(f"{base}{path}", headers={"Authorization": f"Bearer {_api_key(api_key)}"}, timeout=30.0)
+        response = httpx.request(
+            method, f"{base}{path}", headers={"Authorization": f"Bearer {_api_key(api_key)}"}, timeout=30.0
+        )
     except httpx.HTTPError as exc:
         raise _fail(f"cannot reach the gateway at {base}: {type(exc).__name__}: {exc}") from None
     if response.status_code >= 400:
@@ -173,6 +175,12 @@ def _print_json(response: httpx.Response) -> None:
 def status(study_uid: str, url: UrlOpt = None, api_key: KeyOpt = None) -> None:
     """Print a study's processing status."""
     _print_json(_get(f"/v1/studies/{study_uid}", url, api_key))
+
+
+@app.command()
+def reprocess(study_uid: str, url: UrlOpt = None, api_key: KeyOpt = None) -> None:
+    """Run the pipeline over a study again, inferring every instance (after a failure, or a new model)."""
+    _print_json(_get(f"/v1/studies/{study_uid}/reprocess", url, api_key, method="POST"))
 
 
 @app.command()

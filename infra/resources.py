@@ -3,6 +3,7 @@ tests check that the CloudFormation template declares the same keys and attribut
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +16,20 @@ STATUS_TABLE_KEY_SCHEMA = [
 STATUS_TABLE_ATTRIBUTES = [
     {"AttributeName": "pk", "AttributeType": "S"},
     {"AttributeName": "sk", "AttributeType": "S"},
+    {"AttributeName": "open_shard", "AttributeType": "S"},
+    {"AttributeName": "open_since", "AttributeType": "S"},
+]
+# Sparse: a row is in it only while its study has work open (received, or a run in flight). The reconciler
+# queries it for studies open longer than a bound (worker/stages/reconcile.py).
+STATUS_TABLE_INDEXES = [
+    {
+        "IndexName": "open-studies",
+        "KeySchema": [
+            {"AttributeName": "open_shard", "KeyType": "HASH"},
+            {"AttributeName": "open_since", "KeyType": "RANGE"},
+        ],
+        "Projection": {"ProjectionType": "ALL"},
+    }
 ]
 INFERENCE_QUEUE_MAX_RECEIVES = 5
 INFERENCE_VISIBILITY_TIMEOUT_S = 60
@@ -62,6 +77,7 @@ LAMBDA_FUNCTIONS: dict[str, tuple[str, str | None]] = {
     "prepare-tensors": ("worker.stages.main.prepare_tensors", "PrepareTensorsFunctionArn"),
     "store-results": ("worker.stages.main.store_results", "StoreResultsFunctionArn"),
     "mark-failed": ("worker.stages.main.mark_failed", "MarkFailedFunctionArn"),
+    "reconcile": ("worker.stages.main.reconcile", None),
 }
 STATE_MACHINE_FILE = Path(__file__).resolve().parent / "statemachine" / "pipeline.asl.json"
 TELEMETRY_PREFIX = "telemetry/year=!{timestamp:yyyy}/month=!{timestamp:MM}/day=!{timestamp:dd}/"
@@ -81,11 +97,33 @@ MANIFEST_INPUT_PATHS = {"bucket": "$.detail.bucket.name", "key": "$.detail.objec
 MANIFEST_INPUT_TEMPLATE = '{"bucket": "<bucket>", "key": "<key>"}'
 
 
-def state_machine_definition(substitutions: dict[str, str]) -> str:
-    """The ASL file with ``${Name}`` replaced, as CloudFormation's DefinitionSubstitutions does."""
+def state_machine_definition(substitutions: dict[str, str], *, retry_scale: float = 1.0) -> str:
+    """The ASL file with ``${Name}`` replaced, as CloudFormation's DefinitionSubstitutions does.
+
+    ``retry_scale`` < 1 (local test stacks only) shortens every Retry's intervals, so that a test of a retry
+    budget runs in seconds; the attempts, errors and backoff stay as they are."""
     text = STATE_MACHINE_FILE.read_text()
     for name, value in substitutions.items():
         text = text.replace("${" + name + "}", value)
     if "${" in text:
         raise ValueError("state machine definition has unfilled substitutions")
-    return text
+    if retry_scale == 1.0:
+        return text
+    document = json.loads(text)
+    _scale_retries(document, retry_scale)
+    return json.dumps(document)
+
+
+def _scale_retries(node: object, scale: float) -> None:
+    if isinstance(node, dict):
+        for retrier in node.get("Retry", []):
+            retrier["IntervalSeconds"] = max(1, round(retrier.get("IntervalSeconds", 1) * scale))
+            if "MaxDelaySeconds" in retrier:
+                retrier["MaxDelaySeconds"] = max(1, round(retrier["MaxDelaySeconds"] * scale))
+            if scale < 0.1:
+                retrier["BackoffRate"] = 1.0
+        for value in node.values():
+            _scale_retries(value, scale)
+    elif isinstance(node, list):
+        for value in node:
+            _scale_retries(value, scale)

@@ -5,8 +5,12 @@ Images bucket:
     manifests/{tenant}/{study}/{request_id}.json        one per STOW request that stored something new
                                                         (instances created carry the request id in their
                                                         metadata, ``request-id``)
-    work/{tenant}/{study}/{sop}.prepared.npz            model-ready tensor and pixel-free header
-    work/{tenant}/{study}/outputs/{request_id}.npz        raw outputs of one execution, with the headers
+    work/{tenant}/{study}/runs/{run}/plan.json          what one run infers (worker/formats/plan.py)
+    work/{tenant}/{study}/runs/{run}/manifests.json     the request ids whose manifests the run covered
+    work/{tenant}/{study}/runs/{run}/shard-{n}.json     what one PrepareTensors shard prepared
+    work/{tenant}/{study}/runs/{run}/{i}.prepared.npz   model-ready tensor and pixel-free header of item i
+    outputs/{tenant}/{study}/{seq}-{run}.npz            raw outputs of one run, with the source headers
+    outputs/{tenant}/{study}/{seq}-{run}.json           ... and the instances they cover (written last)
 Results bucket:
     results/{tenant}/{study}/result.json                the study's results; names the DICOM objects below
     results/{tenant}/{study}/runs/{id}/report.sr.dcm    the SR of one build of the results
@@ -74,6 +78,19 @@ def new_request_id() -> str:
     return f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:12]}"
 
 
+FULL_REQUEST_SUFFIX = "-full"
+
+
+def new_full_request_id() -> str:
+    """The id of a reprocess request: its manifest lists nothing, and the run it starts infers every
+    instance of the study again."""
+    return new_request_id() + FULL_REQUEST_SUFFIX
+
+
+def is_full_request(request_id: str) -> bool:
+    return request_id.endswith(FULL_REQUEST_SUFFIX)
+
+
 def is_request_id(value: str) -> bool:
     return bool(_REQUEST_ID.fullmatch(value))
 
@@ -96,16 +113,45 @@ def result_key(tenant: str, study: str, name: str) -> str:
     return f"results/{tenant}/{study}/{name}"
 
 
-def prepared_key(tenant: str, study: str, sop: str) -> str:
-    """The model-ready tensor and pixel-free header of one instance (worker/formats/prepared.py)."""
-    _check(tenant, study, sop)
-    return f"work/{tenant}/{study}/{sop}.prepared.npz"
+def run_prefix(tenant: str, study: str, run_id: str) -> str:
+    """Where one run keeps its working objects (the images bucket's work/ prefix expires them)."""
+    _check(tenant, study)
+    if not is_request_id(run_id):
+        raise ValueError(f"not a run id: {run_id!r}")
+    return f"work/{tenant}/{study}/runs/{run_id}/"
+
+
+def plan_key(tenant: str, study: str, run_id: str) -> str:
+    return f"{run_prefix(tenant, study, run_id)}plan.json"
+
+
+def covered_key(tenant: str, study: str, run_id: str) -> str:
+    """The ids of the requests (manifests) one run covered."""
+    return f"{run_prefix(tenant, study, run_id)}manifests.json"
+
+
+def shard_key(tenant: str, study: str, run_id: str, shard: int) -> str:
+    return f"{run_prefix(tenant, study, run_id)}shard-{shard}.json"
+
+
+def prepared_key(tenant: str, study: str, run_id: str, item: int) -> str:
+    """The model-ready tensor and pixel-free header of one item of a run's plan (worker/formats/prepared.py).
+    Named by its place in the plan, not its SOP Instance UID: two series may repeat one."""
+    return f"{run_prefix(tenant, study, run_id)}{item}.prepared.npz"
+
+
+OUTPUTS_PREFIX = "outputs/"
 
 
 def outputs_prefix(tenant: str, study: str) -> str:
+    """The raw outputs of every run of the study: kept as long as the instances (not under work/), so results
+    rebuilt later still list every instance."""
     _check(tenant, study)
-    return f"work/{tenant}/{study}/outputs/"
+    return f"{OUTPUTS_PREFIX}{tenant}/{study}/"
 
 
-def outputs_key(tenant: str, study: str, request_id: str) -> str:
-    return f"{outputs_prefix(tenant, study)}{request_id}.npz"
+def outputs_key(tenant: str, study: str, seq: int, run_id: str, suffix: str = ".npz") -> str:
+    """``{seq}-{run}``: the run's sequence number in the study first, so names sort in the order runs began."""
+    if not is_request_id(run_id):
+        raise ValueError(f"not a run id: {run_id!r}")
+    return f"{outputs_prefix(tenant, study)}{seq:06d}-{run_id}{suffix}"

@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING
 from pydantic import BaseModel
 
 from radstream import keys
+from radstream.errors import NotFound
+from radstream.status import utcnow
 
 if TYPE_CHECKING:
     from radstream.aws.s3 import ObjectStore
@@ -44,24 +46,48 @@ async def load(images: ObjectStore, key: str) -> Manifest:
 MANIFEST_READS_IN_FLIGHT = 16
 
 
-async def recorded(images: ObjectStore, tenant: str, study: str) -> list[ManifestInstance]:
-    """The instances that the study's manifests list (each key once, in the order the requests came): what
-    STOW-RS requests were told is stored. Manifests are read concurrently (at most
-    ``MANIFEST_READS_IN_FLIGHT`` at once); objects that a failed request left are not among them."""
+async def study_manifests(images: ObjectStore, tenant: str, study: str) -> list[Manifest]:
+    """Every manifest of the study, in the order the requests came (their ids begin with the time). Read
+    concurrently, at most ``MANIFEST_READS_IN_FLIGHT`` at once. One withdrawn meanwhile is left out."""
     manifest_keys = sorted(await images.list_keys(keys.study_manifest_prefix(tenant, study)))
     slots = asyncio.Semaphore(MANIFEST_READS_IN_FLIGHT)
 
-    async def read(key: str) -> Manifest:
+    async def read(key: str) -> Manifest | None:
         async with slots:
-            return await load(images, key)
+            try:
+                return await load(images, key)
+            except NotFound:
+                return None
 
+    return [m for m in await asyncio.gather(*(read(key) for key in manifest_keys)) if m is not None]
+
+
+def instances_of(manifests: list[Manifest]) -> list[ManifestInstance]:
+    """Each instance key once, in the order the requests came."""
     listed: dict[str, ManifestInstance] = {}
-    for manifest in await asyncio.gather(*(read(key) for key in manifest_keys)):
+    for manifest in manifests:
         for instance in manifest.instances:
             listed.setdefault(instance.key, instance)
     return list(listed.values())
 
 
+async def recorded(images: ObjectStore, tenant: str, study: str) -> list[ManifestInstance]:
+    """The instances that the study's manifests list (each key once, in the order the requests came): what
+    STOW-RS requests were told is stored. Objects that a failed request left are not among them."""
+    return instances_of(await study_manifests(images, tenant, study))
+
+
 async def recorded_keys(images: ObjectStore, tenant: str, study: str) -> list[str]:
     """The keys of :func:`recorded`."""
     return [instance.key for instance in await recorded(images, tenant, study)]
+
+
+async def write_run_request(images: ObjectStore, tenant: str, study: str, *, full: bool) -> str:
+    """Ask for a run of the study without new instances: a manifest that lists none (a reprocess when
+    ``full``: its run infers every instance again; else the retry of a failed study). Its id."""
+    request_id = keys.new_full_request_id() if full else keys.new_request_id()
+    document = Manifest(
+        request_id=request_id, tenant=tenant, study_instance_uid=study, received_at=utcnow(), instances=[]
+    )
+    await images.put_json(keys.manifest_key(tenant, study, request_id), document.model_dump(mode="json"))
+    return request_id

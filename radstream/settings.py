@@ -92,7 +92,24 @@ class Settings(BaseSettings):
     )
     worker_poll_wait_s: int = Field(2, ge=0, le=20)
     worker_visibility_timeout_s: int = 60
-    worker_max_attempts: int = Field(3, description="receives of one message before the study fails")
+    worker_outage_budget_s: float = Field(
+        900.0, gt=0, description="how long a study waits out an unavailable inference server before it fails"
+    )
+    worker_server_fault_retries: int = Field(5, ge=0, description="tries again after Triton answered INTERNAL etc.")
+
+    # Recovery (worker/stages/reconcile.py): run by EventBridge Scheduler on AWS, by `radstream up` locally
+    reconcile_after_s: float = Field(
+        600.0,
+        gt=0,
+        description="a study received this long ago with no run, or a run this old without an execution, is started",
+    )
+    reconcile_stuck_after_s: float = Field(
+        3600.0, gt=0, description="a run in flight longer than this is reported stuck"
+    )
+    reconcile_interval_s: float = Field(300.0, gt=0, description="local stack only: how often the reconciler runs")
+    pipeline_retry_scale: float = Field(
+        1.0, gt=0, le=1, description="local stack only: scales the state machine's retry intervals (tests)"
+    )
     model_repository: Path = PROJECT_ROOT / "triton" / "models"
     state_dir: Path = PROJECT_ROOT / ".radstream"
 

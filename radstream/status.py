@@ -28,6 +28,8 @@ class StudyStatus(BaseModel):
     result_location: str | None = None
     failure_reason: str | None = None
     model: str | None = None
+    run_id: str | None = Field(None, description="the run in flight, else the latest that ended")
+    runs: int = Field(0, description="runs of the pipeline started for this study so far")
 
 
 def utcnow() -> datetime:
@@ -51,6 +53,49 @@ class ReceivedWrite:
     def without_previous(self) -> ReceivedWrite:
         """The same write, undone by removing the row instead of restoring the one before."""
         return ReceivedWrite(previous=None, updated_at=self.updated_at, token=self.token)
+
+
+@dataclass(frozen=True)
+class Run:
+    """One run of the pipeline over a study: what the study's row says it covers.
+
+    A study has at most one run in flight. Requests that arrive meanwhile are folded into one follow-up run,
+    started when this one ends (docs/decisions.md, "Runs")."""
+
+    tenant: str
+    study: str
+    run_id: str
+    seq: int  # 1 for the study's first run
+    full: bool  # infer every instance again (a reprocess), not only those without outputs
+
+    def document(self) -> dict[str, Any]:
+        """The execution's input."""
+        return {"tenant": self.tenant, "study": self.study, "run_id": self.run_id, "seq": self.seq, "full": self.full}
+
+    @classmethod
+    def of(cls, event: dict[str, Any]) -> Run:
+        return cls(
+            tenant=str(event["tenant"]),
+            study=str(event["study"]),
+            run_id=str(event["run_id"]),
+            seq=int(event["seq"]),
+            full=bool(event.get("full", False)),
+        )
+
+
+@dataclass(frozen=True)
+class RunRow:
+    """The run fields of a study's row, as read: the run in flight (if any), the one it followed, the latest
+    that ended, and how many runs began."""
+
+    run_id: str | None
+    previous_run: str | None
+    last_run: str | None
+    runs: int
+    full: bool
+    started_at: datetime | None
+    status: str | None
+    open_since: datetime | None
 
 
 NO_MODEL_DETAIL = "no model for this input"  # a study completed without results: no model applies

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Response
+from pydantic import BaseModel, Field
 
 from gateway.auth import Tenant
 from gateway.errors import error_responses
@@ -22,6 +23,26 @@ router = APIRouter(prefix="/v1/studies", tags=["Studies"])
 )
 async def study_status(study: Uid, tenant: Tenant, services: ServicesDep) -> StudyStatus:
     return await service.study_status(services, tenant, study)
+
+
+class ReprocessAccepted(BaseModel):
+    study_instance_uid: str
+    request_id: str = Field(description="the reprocess request's id")
+    status: str = Field(description="where to follow the study's status")
+
+
+@router.post(
+    "/{study}/reprocess",
+    summary="Run the pipeline over a study again",
+    description="Every instance of the study is inferred again, in a new run; the result routes return its "
+    "results once it completes. For a failed study, or after a model changed. 404 for a study this tenant "
+    "does not have.",
+    status_code=202,
+    response_model=ReprocessAccepted,
+    responses=error_responses(400, 401, 404, 503),
+)
+async def study_reprocess(study: Uid, tenant: Tenant, services: ServicesDep) -> ReprocessAccepted:
+    return ReprocessAccepted(**await service.reprocess(services, tenant, study))
 
 
 @router.get(

@@ -20,6 +20,16 @@ async def study_status(services: Services, tenant: str, study: str) -> StudyStat
     return status
 
 
+async def reprocess(services: Services, tenant: str, study: str) -> dict[str, str]:
+    """Ask for a full run of a study this tenant has: every instance is inferred again, and the result
+    routes return that run's results once it completes."""
+    status = await services.status.get(tenant, study, instances=0, series=0)
+    if status is None:
+        raise NotFound(f"study {study} not found")
+    request_id = await manifest.write_run_request(services.images, tenant, study, full=True)
+    return {"study_instance_uid": study, "request_id": request_id, "status": f"/v1/studies/{study}"}
+
+
 async def result_json(services: Services, tenant: str, study: str) -> bytes:
     return await _result(services, tenant, study, keys.RESULT_JSON)
 

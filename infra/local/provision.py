@@ -47,11 +47,22 @@ async def _table(ddb: Any, name: str) -> None:
             TableName=name,
             KeySchema=resources.STATUS_TABLE_KEY_SCHEMA,
             AttributeDefinitions=resources.STATUS_TABLE_ATTRIBUTES,
+            GlobalSecondaryIndexes=resources.STATUS_TABLE_INDEXES,
             BillingMode="PAY_PER_REQUEST",
         )
     except ClientError as exc:
         if not _exists_ok(exc, "ResourceInUseException"):
             raise
+        # A table made by an earlier release: add the indexes it lacks.
+        table = (await ddb.describe_table(TableName=name))["Table"]
+        have = {index["IndexName"] for index in table.get("GlobalSecondaryIndexes", [])}
+        for index in resources.STATUS_TABLE_INDEXES:
+            if index["IndexName"] not in have:
+                await ddb.update_table(
+                    TableName=name,
+                    AttributeDefinitions=resources.STATUS_TABLE_ATTRIBUTES,
+                    GlobalSecondaryIndexUpdates=[{"Create": index}],
+                )
 
 
 async def _queue(sqs: Any, name: str, *, dlq_arn: str | None = None) -> str:
@@ -157,7 +168,9 @@ async def _pipeline(settings: Settings, names: ResourceNames, session: Any, kwar
             if substitution is not None:
                 arns[substitution] = arn
         queue_url = (await sqs.get_queue_url(QueueName=names.inference_queue))["QueueUrl"]
-        definition = resources.state_machine_definition({**arns, "InferenceQueueUrl": queue_url})
+        definition = resources.state_machine_definition(
+            {**arns, "InferenceQueueUrl": queue_url}, retry_scale=settings.pipeline_retry_scale
+        )
         await _state_machine(sfn, names.state_machine, definition, role)
 
         rule = f"{names.state_machine}-manifests"

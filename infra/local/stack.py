@@ -97,6 +97,11 @@ def dimse_process_spec(settings: Settings, env: dict[str, str]) -> ProcessSpec:
     )
 
 
+def scheduler_process_spec(settings: Settings, env: dict[str, str]) -> ProcessSpec:
+    """EventBridge Scheduler's part: the reconciler, every ``reconcile_interval_s`` (infra/local/scheduler.py)."""
+    return ProcessSpec(name="scheduler", argv=[sys.executable, "-m", "infra.local.scheduler"], env=env)
+
+
 def process_specs(settings: Settings, env: dict[str, str]) -> list[ProcessSpec]:
     """Every process after the emulator and provisioning, in start order."""
     return [
@@ -105,6 +110,7 @@ def process_specs(settings: Settings, env: dict[str, str]) -> list[ProcessSpec]:
         gateway_process_spec(settings, env),
         dimse_process_spec(settings, env),
         worker_process_spec(settings, env),
+        scheduler_process_spec(settings, env),
     ]
 
 

@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable
+from collections.abc import AsyncIterator, Awaitable
 from datetime import datetime
 from typing import Any
 
 from radstream.aws.errors import error_code, translate
-from radstream.status import ReceivedWrite, StudyState, StudyStatus, utcnow
+from radstream.keys import new_request_id
+from radstream.status import ReceivedWrite, Run, RunRow, StudyState, StudyStatus, utcnow
+
+OPEN_INDEX = "open-studies"  # sparse: only rows of studies with work not yet ended (received or in a run)
+OPEN_SHARD = "open"  # the index's one partition key value
+_RUN_FIELDS = "run_id, run_requested, run_started_at, run_full"
+
+
+def new_run_id() -> str:
+    return new_request_id()  # the same form as a request's id: time, then random
 
 
 class StatusStore:
@@ -31,7 +40,8 @@ class StatusStore:
                 Key={"pk": {"S": tenant}, "sk": {"S": study}},
                 UpdateExpression=(
                     "SET #s = :received, created_at = if_not_exists(created_at, :now), updated_at = :now, "
-                    "stage_times_ms = if_not_exists(stage_times_ms, :empty), received_by = :token"
+                    "stage_times_ms = if_not_exists(stage_times_ms, :empty), received_by = :token, "
+                    "open_shard = :open, open_since = if_not_exists(open_since, :now) ADD requested :one"
                 ),
                 ExpressionAttributeNames={"#s": "status"},
                 ExpressionAttributeValues={
@@ -39,6 +49,8 @@ class StatusStore:
                     ":now": {"S": now},
                     ":empty": {"M": {}},
                     ":token": {"S": token},
+                    ":open": {"S": OPEN_SHARD},
+                    ":one": {"N": "1"},
                 },
                 ReturnValues="ALL_OLD",
             )
@@ -61,6 +73,186 @@ class StatusStore:
         return await self._conditional(
             "PutItem", self._ddb.put_item(TableName=self.table, Item=write.previous, **condition)
         )
+
+    # Runs. A study's row counts the requests for a run (``requested``: every request that recorded
+    # instances, every trigger, reprocess and retry) and holds the run in flight (``run_id``) with the count
+    # it covers (``run_requested``). A run ends only if nothing was requested since it began; otherwise it
+    # hands over to one follow-up run, which covers everything requested meanwhile.
+
+    async def request_run(self, tenant: str, study: str, *, full: bool = False) -> None:
+        """Ask for a run of the study (``full``: infer every instance again). Claim it with :meth:`claim_run`."""
+        now = utcnow().isoformat()
+        sets = [
+            "updated_at = :now",
+            "created_at = if_not_exists(created_at, :now)",
+            "stage_times_ms = if_not_exists(stage_times_ms, :empty)",
+            "#s = if_not_exists(#s, :received)",
+            "open_shard = :open",
+            "open_since = if_not_exists(open_since, :now)",
+        ]
+        values: dict[str, Any] = {
+            ":now": {"S": now},
+            ":empty": {"M": {}},
+            ":received": {"S": StudyState.RECEIVED.value},
+            ":open": {"S": OPEN_SHARD},
+            ":one": {"N": "1"},
+        }
+        if full:
+            sets.append("full_pending = :true")
+            values[":true"] = {"BOOL": True}
+        await self._update(
+            "UpdateItem",
+            Key=self._key(tenant, study),
+            UpdateExpression="SET " + ", ".join(sets) + " ADD requested :one",
+            ExpressionAttributeNames={"#s": "status"},
+            ExpressionAttributeValues=values,
+        )
+
+    async def claim_run(self, tenant: str, study: str) -> Run | None:
+        """Begin a run of the study, covering every request so far; None when one is in flight already (it
+        hands over to a follow-up when it ends, so nothing requested is left out)."""
+        return await self._begin_run(tenant, study, "attribute_exists(pk) AND attribute_not_exists(run_id)", {})
+
+    async def hand_over(self, tenant: str, study: str, run_id: str) -> Run | None:
+        """Replace the run ``run_id``, which could not end because more was requested while it ran, with a
+        follow-up run; None when ``run_id`` is not the study's run in flight."""
+        return await self._begin_run(tenant, study, "run_id = :ours", {":ours": {"S": run_id}}, previous=run_id)
+
+    async def _begin_run(
+        self, tenant: str, study: str, condition: str, values: dict[str, Any], previous: str | None = None
+    ) -> Run | None:
+        run_id, now = new_run_id(), utcnow().isoformat()
+        sets = [
+            "run_id = :run",
+            "run_requested = if_not_exists(requested, :zero)",
+            "run_started_at = :now",
+            "updated_at = :now",
+            "open_shard = :open",
+            "open_since = if_not_exists(open_since, :now)",
+        ]
+        values = {
+            **values,
+            ":run": {"S": run_id},
+            ":zero": {"N": "0"},
+            ":now": {"S": now},
+            ":one": {"N": "1"},
+            ":open": {"S": OPEN_SHARD},
+        }
+        if previous is not None:
+            sets.append("previous_run = :ours")
+        try:
+            response = await self._ddb.update_item(
+                TableName=self.table,
+                Key=self._key(tenant, study),
+                UpdateExpression="SET " + ", ".join(sets) + " REMOVE full_pending, run_full ADD runs :one",
+                ConditionExpression=condition,
+                ExpressionAttributeValues=values,
+                ReturnValues="ALL_OLD",
+            )
+        except Exception as exc:
+            if error_code(exc) == "ConditionalCheckFailedException":
+                return None
+            raise translate(exc, "UpdateItem") from exc
+        old = response.get("Attributes", {})
+        full = bool(old.get("full_pending", {}).get("BOOL", False))
+        run = Run(tenant, study, run_id, int(old.get("runs", {}).get("N", "0")) + 1, full)
+        if full:  # kept with the run, so that a restarted execution is full too
+            await self._update(
+                "UpdateItem",
+                Key=self._key(tenant, study),
+                UpdateExpression="SET run_full = :true",
+                ConditionExpression="run_id = :run",
+                ExpressionAttributeValues={":true": {"BOOL": True}, ":run": {"S": run_id}},
+            )
+        return run
+
+    async def finish_run(
+        self,
+        run: Run,
+        state: StudyState,
+        *,
+        stage: str | None = None,
+        stage_ms: float | None = None,
+        result_location: str | None = None,
+        failure_reason: str | None = None,
+    ) -> bool:
+        """End the run with the study ``state`` (completed or failed), if nothing was requested since it
+        began; False otherwise (then :meth:`hand_over`) or when it is not the run in flight."""
+        values: dict[str, Any] = {
+            ":state": {"S": state.value},
+            ":now": {"S": utcnow().isoformat()},
+            ":run": {"S": run.run_id},
+        }
+        sets = ["#s = :state", "updated_at = :now", "last_run = :run"]
+        removes = [_RUN_FIELDS, "open_shard", "open_since"]
+        names = {"#s": "status"}
+        if result_location is not None:
+            values[":result"] = {"S": result_location}
+            sets.append("result_location = :result")
+        if failure_reason is not None:
+            values[":reason"] = {"S": failure_reason}
+            sets.append("failure_reason = :reason")
+        else:
+            removes.append("failure_reason")
+        if stage is not None and stage_ms is not None:
+            names["#stage"] = stage
+            values[":ms"] = {"N": f"{stage_ms:.3f}"}
+            sets.append("stage_times_ms.#stage = :ms")
+        try:
+            await self._ddb.update_item(
+                TableName=self.table,
+                Key=self._key(run.tenant, run.study),
+                UpdateExpression="SET " + ", ".join(sets) + " REMOVE " + ", ".join(removes),
+                ConditionExpression="run_id = :run AND requested = run_requested",
+                ExpressionAttributeNames=names,
+                ExpressionAttributeValues=values,
+            )
+        except Exception as exc:
+            if error_code(exc) == "ConditionalCheckFailedException":
+                return False
+            raise translate(exc, "UpdateItem") from exc
+        return True
+
+    async def run_row(self, tenant: str, study: str) -> RunRow | None:
+        try:
+            response = await self._ddb.get_item(TableName=self.table, Key=self._key(tenant, study), ConsistentRead=True)
+        except Exception as exc:
+            raise translate(exc, "GetItem") from exc
+        item = response.get("Item")
+        return None if item is None else _run_row(item)
+
+    async def open_studies(self, before: datetime) -> AsyncIterator[tuple[str, str, RunRow]]:
+        """(tenant, study, run fields) of every study with work open since before ``before``: received and
+        never run, or with a run in flight (the sparse index ``open-studies``)."""
+        start: dict[str, Any] | None = None
+        while True:
+            page: dict[str, Any] = {
+                "TableName": self.table,
+                "IndexName": OPEN_INDEX,
+                "KeyConditionExpression": "open_shard = :open AND open_since < :before",
+                "ExpressionAttributeValues": {":open": {"S": OPEN_SHARD}, ":before": {"S": before.isoformat()}},
+            }
+            if start is not None:
+                page["ExclusiveStartKey"] = start
+            try:
+                response = await self._ddb.query(**page)
+            except Exception as exc:
+                raise translate(exc, "Query") from exc
+            for item in response.get("Items", []):
+                yield item["pk"]["S"], item["sk"]["S"], _run_row(item)
+            start = response.get("LastEvaluatedKey")
+            if not start:
+                return
+
+    @staticmethod
+    def _key(tenant: str, study: str) -> dict[str, Any]:
+        return {"pk": {"S": tenant}, "sk": {"S": study}}
+
+    async def _update(self, what: str, **request: Any) -> None:
+        try:
+            await self._ddb.update_item(TableName=self.table, **request)
+        except Exception as exc:
+            raise translate(exc, what) from exc
 
     async def set_state(
         self,
@@ -158,4 +350,27 @@ class StatusStore:
             result_location=item.get("result_location", {}).get("S"),
             failure_reason=item.get("failure_reason", {}).get("S"),
             model=item.get("model", {}).get("S"),
+            run_id=item.get("run_id", item.get("last_run", {})).get("S"),
+            runs=int(item.get("runs", {}).get("N", "0")),
         )
+
+
+def _run_row(item: dict[str, Any]) -> RunRow:
+    def text(name: str) -> str | None:
+        value = item.get(name, {}).get("S")
+        return None if value is None else str(value)
+
+    def when(name: str) -> datetime | None:
+        value = text(name)
+        return None if value is None else datetime.fromisoformat(value)
+
+    return RunRow(
+        run_id=text("run_id"),
+        previous_run=text("previous_run"),
+        last_run=text("last_run"),
+        runs=int(item.get("runs", {}).get("N", "0")),
+        full=bool(item.get("run_full", {}).get("BOOL", False)),
+        started_at=when("run_started_at"),
+        status=text("status"),
+        open_since=when("open_since"),
+    )

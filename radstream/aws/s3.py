@@ -12,6 +12,7 @@ import enum
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import datetime
 from typing import IO, Any
 
 from botocore.exceptions import ClientError
@@ -37,6 +38,7 @@ class StoredObject:
     content_type: str | None
     request_id: str | None = None  # the STOW request that created it (absent on objects written before)
     transfer_syntax: str | None = None  # of a DICOM instance (absent on objects written before)
+    last_modified: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -135,6 +137,7 @@ class ObjectStore:
             content_type=meta.get("ContentType"),
             request_id=metadata.get(REQUEST_METADATA_KEY),
             transfer_syntax=metadata.get(TRANSFER_SYNTAX_METADATA_KEY),
+            last_modified=meta.get("LastModified"),
         )
 
     async def get_bytes(self, key: str) -> bytes:

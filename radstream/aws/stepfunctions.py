@@ -48,6 +48,18 @@ class StepFunctions:
             raise translate(exc, "StartExecution") from exc
         return str(response["executionArn"])
 
+    async def execution_status(self, state_machine: str, name: str) -> str | None:
+        """RUNNING, SUCCEEDED, FAILED, TIMED_OUT or ABORTED: the status of the execution ``name``; None when
+        there is none of that name."""
+        arn = (await self.state_machine_arn(state_machine)).replace(":stateMachine:", ":execution:", 1) + f":{name}"
+        try:
+            response = await self._sfn.describe_execution(executionArn=arn)
+        except Exception as exc:
+            if error_code(exc) == "ExecutionDoesNotExist":
+                return None
+            raise translate(exc, "DescribeExecution") from exc
+        return str(response["status"])
+
     async def heartbeat(self, token: str) -> None:
         await self._answer("SendTaskHeartbeat", self._sfn.send_task_heartbeat(taskToken=token))
 

@@ -8,6 +8,7 @@ import asyncio
 import logging
 
 from radstream import keys
+from radstream import manifest as manifest_store
 from radstream.aws.dynamodb import StatusStore
 from radstream.aws.s3 import ObjectStore
 from radstream.errors import StorageError, StorageUnavailable
@@ -32,8 +33,6 @@ class Committer:
             if inst.in_manifest and inst.key not in listed:
                 listed.add(inst.key)
                 new.append(inst)
-        if not new:
-            return
         by_study: dict[str, list[StoredInstance]] = {}
         for inst in new:
             by_study.setdefault(inst.header.study_instance_uid, []).append(inst)
@@ -56,6 +55,22 @@ class Committer:
         except BaseException:  # cancelled (shutdown) or a bug: the same clean-up, which cancelling cannot stop
             await asyncio.shield(self._undo_rows(tenant, rows))
             raise
+        for study in {inst.header.study_instance_uid for inst in outcome.stored} - by_study.keys():
+            await self._retry_if_failed(tenant, study)
+
+    async def _retry_if_failed(self, tenant: str, study: str) -> None:
+        """A re-send of a failed study that stored nothing new asks for a run of it: the sender's way to say
+        "try again" (the run infers what has no output yet)."""
+        try:
+            status = await self._status.get(tenant, study, instances=0, series=0)
+            if status is not None and status.status is StudyState.FAILED:
+                await manifest_store.write_run_request(self._images, tenant, study, full=False)
+                log.info("study %s failed before and was sent again: a new run is asked for", study)
+        except (StorageUnavailable, StorageError) as exc:
+            raise StorageUnavailable(
+                "storage failed while asking for a new run of the failed study; re-send it",
+                headers={"Retry-After": str(self._retry_after_s)},
+            ) from exc
 
     async def _recorded_writer(self, tenant: str, study: str, row: ReceivedWrite) -> bool:
         """Whether the request that wrote the row before ``row`` wrote its manifest."""

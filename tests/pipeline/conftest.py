@@ -147,8 +147,12 @@ async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack
         API_KEYS,
         triton_request_timeout_s=3.0,
         worker_visibility_timeout_s=6,
-        worker_max_attempts=3,
+        worker_outage_budget_s=12,
+        worker_server_fault_retries=5,
         worker_poll_wait_s=1,
+        pipeline_retry_scale=0.02,
+        reconcile_after_s=8,
+        reconcile_interval_s=1,
     )
     env = child_env(settings, API_KEYS)
     stack = Stack(settings=settings, url=f"http://127.0.0.1:{settings.http_port}", logs=logs)

@@ -14,13 +14,16 @@ import numpy as np
 import pytest
 from botocore.exceptions import ClientError
 
+from radstream import keys
 from radstream.aws import sqs, stepfunctions
 from radstream.errors import NotFound
 from radstream.settings import PROJECT_ROOT, Settings
 from radstream.telemetry import TelemetryEvent
 from worker.formats import prepared as prepared_codec
+from worker.formats.plan import Plan, PlanItem, ShardResult
 from worker.inference.batcher import ItemResult
 from worker.inference.consumer import InferenceWorker
+from worker.inference.triton.errors import ServerFault, TritonUnavailable
 from worker.models.spec import ModelSpec, load_specs
 
 MODEL = "lesion_detector"
@@ -92,13 +95,18 @@ class Work:
 
 
 class FakeImages:
+    """Prepared objects for any key, and the run's plan and shard results (``objects``)."""
+
     def __init__(self, spec: ModelSpec, work: Work, fail: Callable[[str], Exception | None] = lambda key: None) -> None:
         self.body = prepared_codec.encode(np.zeros(spec.input.shape, np.float32), b"header")
         self.work = work
         self.fail = fail
         self.puts: list[str] = []
+        self.objects: dict[str, bytes] = {}
 
     async def get_bytes(self, key: str) -> bytes:
+        if key in self.objects:
+            return self.objects[key]
         self.work.start()
         try:
             await asyncio.sleep(0)  # an S3 request: the other images get their turn
@@ -176,21 +184,42 @@ class Harness:
             specs={MODEL: self.spec},
         )
 
+    def plan(self, images: int, shards: list[ShardResult] | None = None) -> None:
+        """The run's plan of ``images`` items, and its shard results (by default: one, every item prepared)."""
+        items = [
+            PlanItem(key=f"instances/alpha/1.2.3/1.2.3.9/1.2.3.{i}.dcm", sop=f"1.2.3.{i}", series="1.2.3.9", sha256="0")
+            for i in range(images)
+        ]
+        shards = shards if shards is not None else [ShardResult(prepared=[(i, 64, 64) for i in range(images)])]
+        plan = Plan(run_id=RUN, seq=1, full=False, model=MODEL, items=items, routed=items, shards=len(shards))
+        self.images.objects[keys.plan_key("alpha", "1.2.3", RUN)] = plan.model_dump_json().encode()
+        for n, shard in enumerate(shards):
+            self.images.objects[keys.shard_key("alpha", "1.2.3", RUN, n)] = shard.model_dump_json().encode()
+        self.shards = len(shards)
+
     async def handle(self, images: int = 3, receives: int = 1) -> InferenceWorker:
+        self.plan(images)
+        return await self.handle_planned(receives)
+
+    async def handle_planned(self, receives: int = 1) -> InferenceWorker:
         worker = self.worker()
-        await asyncio.wait_for(worker._handle(sqs.message_of(message(images, receives))), GUARD_S)
+        await asyncio.wait_for(worker._handle(sqs.message_of(message(self.shards, receives))), GUARD_S)
         return worker
 
 
-def message(images: int, receives: int = 1) -> dict[str, Any]:
-    prepared = [[f"1.2.3.{i}", 64, 64] for i in range(images)]
+RUN = "20260101T000000-abcdef123456"
+
+
+def message(shards: int, receives: int = 1) -> dict[str, Any]:
     body = {
         "task_token": "token",
         "tenant": "alpha",
         "study": "1.2.3",
-        "request_id": "20260101T000000-abcdef123456",
+        "run_id": RUN,
+        "seq": 1,
+        "full": False,
         "model": MODEL,
-        "prepared": [{"prepared": prepared, "failed": []}],
+        "shard_count": shards,
     }
     return {
         "ReceiptHandle": "receipt",
@@ -202,9 +231,8 @@ def message(images: int, receives: int = 1) -> dict[str, Any]:
 async def test_a_study_is_answered_and_counted(spec: ModelSpec) -> None:
     h = Harness(spec)
     worker = await h.handle(images=3)
-    assert h.sfn.successes == [
-        {"outputs_key": "work/alpha/1.2.3/outputs/20260101T000000-abcdef123456.npz", "images": 3}
-    ]
+    assert h.sfn.successes == [{"outputs": f"outputs/alpha/1.2.3/000001-{RUN}.npz", "images": 3}]
+    assert h.images.puts == [f"outputs/alpha/1.2.3/000001-{RUN}.npz", f"outputs/alpha/1.2.3/000001-{RUN}.json"]
     assert h.sqs.deleted == ["receipt"]
     assert worker.completed == 1
     assert [(e.stage, e.outcome, e.instances) for e in h.telemetry.events] == [("inference", "ok", 3)]
@@ -223,7 +251,7 @@ async def test_an_unexpected_error_fails_the_study_with_its_reason(
     with caplog.at_level(logging.ERROR, logger="radstream.worker"):
         worker = await h.handle()
     # The class and where it was raised, never the message: a library's message may quote patient values.
-    where = f"{type(error).__name__} at tests/pipeline/test_consumer.py:220 in broken"
+    where = f"{type(error).__name__} at tests/pipeline/test_consumer.py:248 in broken"
     assert h.sfn.failures == [("InferenceFailed", where)]
     assert h.sfn.successes == []
     assert h.sqs.deleted == ["receipt"]
@@ -296,7 +324,7 @@ async def test_images_in_flight_are_bounded(spec: ModelSpec) -> None:
 
 async def test_the_first_failed_image_cancels_the_others(spec: ModelSpec) -> None:
     h = Harness(spec)
-    h.images.fail = lambda key: NotFound(key) if "1.2.3.3." in key else None
+    h.images.fail = lambda key: NotFound(key) if key.endswith("/3.prepared.npz") else None
     h.batcher.gate = asyncio.Event().wait  # the other images wait at the batcher until cancelled
     await h.handle(images=50)
     (failure,) = h.sfn.failures
@@ -312,14 +340,65 @@ async def test_the_first_failed_image_cancels_the_others(spec: ModelSpec) -> Non
 
 async def test_a_study_of_which_nothing_could_be_decoded_fails_with_decode_failed(spec: ModelSpec) -> None:
     h = Harness(spec)
-    body = json.loads(message(0)["Body"])
-    body["prepared"] = [
-        {"prepared": [], "failed": [{"sop": "1.2.3.1", "reason": "NotImplementedError: JPEG 2000 decoder"}]},
-        {"prepared": [], "failed": [{"sop": "1.2.3.2", "reason": "PreprocessError: no pixel data"}]},
-    ]
-    worker = h.worker()
-    await asyncio.wait_for(worker._handle(sqs.message_of({**message(0), "Body": json.dumps(body)})), GUARD_S)
+    h.plan(
+        2,
+        [
+            ShardResult(failed=[(0, "cannot decode pixel data (JPEG 2000)")]),
+            ShardResult(failed=[(1, "dataset has no pixel data")]),
+        ],
+    )
+    worker = await h.handle_planned()
     assert h.sfn.failures == [
-        ("DecodeFailed", "none of 2 instances could be decoded: NotImplementedError: JPEG 2000 decoder")
+        ("DecodeFailed", "none of 2 instances could be decoded: cannot decode pixel data (JPEG 2000)")
     ]
     assert h.sfn.successes == [] and h.sqs.deleted == ["receipt"] and worker.completed == 0
+
+
+class Flaky:
+    """A batcher's infer that raises ``error`` for its first ``times`` calls, then answers."""
+
+    def __init__(self, h: Harness, error: Exception, times: int) -> None:
+        self.infer, self.error, self.left, self.calls = h.batcher.infer, error, times, 0
+        h.batcher.infer = self  # type: ignore[method-assign,assignment]
+
+    async def __call__(self, tensor: Any) -> ItemResult:
+        self.calls += 1
+        if self.left > 0:
+            self.left -= 1
+            raise self.error
+        return await self.infer(tensor)
+
+
+async def test_an_unavailable_server_is_waited_out_holding_the_message(spec: ModelSpec) -> None:
+    h = Harness(spec, worker_outage_budget_s=30)
+    flaky = Flaky(h, TritonUnavailable("connection refused"), times=2)
+    worker = await h.handle(images=1)
+    assert flaky.calls == 3
+    assert len(h.sfn.successes) == 1 and h.sfn.failures == []
+    assert h.sqs.visibility and min(h.sqs.visibility) == h.settings.worker_visibility_timeout_s  # held, not released
+    assert h.sfn.heartbeats >= 2  # heartbeated while it waited
+    assert worker.completed == 1
+
+
+async def test_past_the_outage_budget_the_study_fails_saying_so(spec: ModelSpec) -> None:
+    h = Harness(spec, worker_outage_budget_s=1.5)
+    flaky = Flaky(h, TritonUnavailable("connection refused"), times=1000)
+    await h.handle(images=1)
+    ((name, reason),) = h.sfn.failures
+    assert name == "InferenceUnavailable"
+    assert "past the outage budget of 2 s" in reason or "past the outage budget of 1 s" in reason
+    assert "reprocess the study" in reason
+    assert 2 <= flaky.calls <= 6
+
+
+@pytest.mark.parametrize(("faults", "answered"), [(2, "success"), (9, "InferenceFailed")])
+async def test_server_faults_are_tried_again_a_few_times(spec: ModelSpec, faults: int, answered: str) -> None:
+    h = Harness(spec, worker_server_fault_retries=2)
+    h.settings = h.settings.model_copy(update={"worker_server_fault_retries": 2})
+    flaky = Flaky(h, ServerFault("lesion_detector: CUDA error (StatusCode.INTERNAL)"), times=faults)
+    await h.handle(images=1)
+    if answered == "success":
+        assert len(h.sfn.successes) == 1 and flaky.calls == 3
+    else:
+        assert [name for name, _ in h.sfn.failures] == ["InferenceFailed"] and flaky.calls == 3
+        assert "failed 3 times" in h.sfn.failures[0][1]

@@ -17,6 +17,7 @@ from loadtest import synthetic
 from radstream import keys
 from tests.gateway.stowhelp import stow
 from tests.pipeline.conftest import Stack
+from worker.stages.runs import execution_name
 
 
 def ct_study(n: int = 2, rows: int = 128) -> tuple[synthetic.StudyUids, list[pydicom.Dataset]]:
@@ -29,15 +30,17 @@ def send(stack: Stack, datasets: list[pydicom.Dataset]) -> None:
     assert response.status_code == 200, response.text
 
 
-def executions_for(stack: Stack, request_ids: set[str]) -> list[dict[str, object]]:
-    return [e for e in stack.executions() if str(e["name"]).rsplit("-", 1)[0] in request_ids]
+def executions_for(stack: Stack, study: str, tenant: str = "alpha") -> list[dict[str, object]]:
+    """The executions of the study's runs, oldest first (each is named after its study and run)."""
+    prefix = execution_name(tenant, study, "00000000T000000-000000000000").split("-", 1)[0] + "-"
+    return sorted((e for e in stack.executions() if str(e["name"]).startswith(prefix)), key=lambda e: e["startDate"])
 
 
-def wait_execution(stack: Stack, request_id: str, timeout_s: float = 30) -> str:
-    """Final status of the execution of one manifest (the study status turns first, the execution after)."""
+def wait_execution(stack: Stack, study: str, timeout_s: float = 30) -> str:
+    """Final status of the study's last run's execution (the study status turns first, the execution after)."""
     deadline = time.monotonic() + timeout_s
     while True:
-        (execution,) = executions_for(stack, {request_id})
+        execution = executions_for(stack, study)[-1]
         if execution["status"] != "RUNNING" or time.monotonic() > deadline:
             return str(execution["status"])
         time.sleep(0.2)
@@ -112,28 +115,29 @@ def test_study_without_a_model_ends_as_no_model(stack: Stack) -> None:
     assert "no model" in sr.json()["detail"]
 
 
-def test_one_manifest_starts_one_execution_and_resend_starts_none(stack: Stack) -> None:
+def test_one_manifest_starts_one_run_and_resend_starts_none(stack: Stack) -> None:
     uids, datasets = ct_study(2)
     send(stack, datasets)
     stack.wait_status(uids.study, ("completed",))
     (manifest_key,) = manifests_of(stack, uids.study)
-    _, _, request_id = keys.parse_manifest_key(manifest_key)
+    assert wait_execution(stack, uids.study) == "SUCCEEDED"
+    time.sleep(1.1)  # the duplicate comes in a later second than the run began
     # the same S3 event delivered again (EventBridge is at-least-once): invoke the starter directly
     lam = stack.client("lambda")
     event = json.dumps({"bucket": stack.settings.images_bucket, "key": manifest_key}).encode()
     answer = json.loads(lam.invoke(FunctionName="radstream-start-pipeline", Payload=event)["Payload"].read())
     assert answer["started"] is False
-    assert len(executions_for(stack, {request_id})) == 1
+    assert answer["covered_by"] == stack.status(uids.study)["run_id"]
+    assert len(executions_for(stack, uids.study)) == 1
 
-    before = len(stack.executions())
-    send(stack, datasets)  # identical re-send: stored already, no manifest, no execution
+    send(stack, datasets)  # identical re-send of a completed study: stored already, no manifest, no run
     time.sleep(2)
     assert manifests_of(stack, uids.study) == [manifest_key]
-    assert len(stack.executions()) == before
+    assert len(executions_for(stack, uids.study)) == 1
     outputs = stack.client("s3").list_objects_v2(
         Bucket=stack.settings.images_bucket, Prefix=keys.outputs_prefix("alpha", uids.study)
     )
-    assert outputs["KeyCount"] == 1
+    assert sorted(o["Key"].rsplit(".", 1)[1] for o in outputs["Contents"]) == ["json", "npz"]  # one run's
 
 
 def test_failing_handler_retries_then_marks_failed(stack: Stack) -> None:
@@ -149,15 +153,16 @@ def test_failing_handler_retries_then_marks_failed(stack: Stack) -> None:
     )
     status = stack.wait_status(uids.study, ("failed",))
     assert status["failure_reason"].startswith("InstanceMissing: instance 1.2.826.0.1.3680043.10.99.1")
-    assert wait_execution(stack, request_id) == "FAILED"
-    (execution,) = executions_for(stack, {request_id})
+    assert wait_execution(stack, uids.study) == "FAILED"
+    first, execution = executions_for(stack, uids.study)  # the study's first run, and the one the manifest started
+    assert first["status"] == "SUCCEEDED"
     history = stack.client("stepfunctions").get_execution_history(executionArn=execution["executionArn"])["events"]
     attempts = [
         e
         for e in history
         if e["type"] == "TaskScheduled" and "prepare-tensors" in e["taskScheduledEventDetails"]["parameters"]
     ]
-    assert len(attempts) == 4  # the first try and three retries
+    assert len(attempts) == 9  # the first try and eight retries (their intervals scaled down in tests)
     deadline = time.monotonic() + 15
     while not any(
         r["stage"] == "failed" and r["study_uid"] == uids.study and r["reason"] == "InstanceMissing"
@@ -187,9 +192,8 @@ def test_worker_killed_while_holding_a_message_study_completes_once(stack: Stack
     stack.start("worker")  # a fresh worker gets the message after its visibility timeout
     status = stack.wait_status(uids.study, ("completed", "failed"))
     assert status["status"] == "completed", status
-    (manifest_key,) = manifests_of(stack, uids.study)
-    _, _, request_id = keys.parse_manifest_key(manifest_key)
-    assert wait_execution(stack, request_id) == "SUCCEEDED"
+    assert wait_execution(stack, uids.study) == "SUCCEEDED"
+    assert len(executions_for(stack, uids.study)) == 1
     result = httpx.get(f"{stack.url}/v1/studies/{uids.study}/results", headers=stack.auth).json()
     assert len(result["instances"]) == 2
 
@@ -211,7 +215,8 @@ def test_triton_down_too_long_fails_with_reason(stack: Stack, triton_paused: int
     send(stack, datasets)
     status = stack.wait_status(uids.study, ("completed", "failed"))
     assert status["status"] == "failed"
-    assert status["failure_reason"].startswith("InferenceUnavailable: Triton unavailable after 3 attempts")
+    assert status["failure_reason"].startswith("InferenceUnavailable: the inference server was unavailable for 1")
+    assert "past the outage budget of 12 s" in status["failure_reason"]
 
 
 def test_no_phi_in_telemetry_or_logs(stack: Stack) -> None:

@@ -6,29 +6,34 @@ import hashlib
 import io
 import json
 import re
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pydicom
 import pytest
-from pydicom.uid import CTImageStorage
 
 from loadtest import synthetic
 from radstream import keys
-from radstream.clients import open_clients
+from radstream.clients import Clients, open_clients
+from radstream.status import Run, StudyState
 from tests.pipeline.conftest import Stack
 from worker.formats import outputs as output_codec
 from worker.formats import prepared as prepared_codec
-from worker.formats.errors import ManifestInvalid, TransientError
+from worker.formats.errors import ManifestInvalid
+from worker.formats.plan import OutputsIndex, Plan, PlanItem, ShardResult, effective
 from worker.formats.types import InstanceOutput
-from worker.stages import mark_failed, prepare, start, store, validate
+from worker.stages import mark_failed, prepare, runs, store, validate
 
 
 def test_execution_name_is_deterministic_and_valid() -> None:
-    key = keys.manifest_key("alpha", "1.2.3", "20260101T000000-abcdef123456")
-    name = start.execution_name(key)
-    assert name == start.execution_name(key)
-    assert name != start.execution_name(keys.manifest_key("beta", "1.2.3", "20260101T000000-abcdef123456"))
+    run_id = "20260101T000000-abcdef123456"
+    name = runs.execution_name("alpha", "1.2.3", run_id)
+    assert name == runs.execution_name("alpha", "1.2.3", run_id)
+    assert name != runs.execution_name("beta", "1.2.3", run_id)
+    assert name != runs.execution_name("alpha", "1.2.3", "20260101T000000-abcdef123457")
     assert re.fullmatch(r"[A-Za-z0-9_-]{1,80}", name)
+    long_uid = "1." + "2" * 62
+    assert re.fullmatch(r"[A-Za-z0-9_-]{1,80}", runs.execution_name("t" * 64, long_uid, run_id))
 
 
 def test_failure_reason_reads_lambda_errors() -> None:
@@ -43,14 +48,40 @@ def test_failure_reason_reads_lambda_errors() -> None:
     assert mark_failed.failure_reason(None)[0] == "Unknown"
 
 
-async def test_validate_refuses_foreign_events_and_skips_withdrawn_manifests(stack: Stack) -> None:
+async def test_validate_refuses_an_input_that_is_not_a_run(stack: Stack) -> None:
     async with open_clients(stack.settings) as ctx:
-        with pytest.raises(ManifestInvalid):
-            await validate.run(ctx, {"bucket": "someone-elses-bucket", "key": "manifests/a/1.2/r.json"})
-        withdrawn = keys.manifest_key("alpha", "1.2.3", "20260101T000000-withdrawn000")
-        result = await validate.run(ctx, {"bucket": stack.settings.images_bucket, "key": withdrawn})
-    assert result["action"] == "skip"
-    assert result["batches"] == []
+        for event in (
+            {"bucket": stack.settings.images_bucket, "key": "manifests/alpha/1.2/r.json"},  # the old input
+            {"tenant": "alpha", "study": "1.2", "run_id": "../x", "seq": 1},
+            {"tenant": "a/b", "study": "1.2", "run_id": "20260101T000000-abcdef123456", "seq": 1},
+        ):
+            with pytest.raises(ManifestInvalid, match="not a run"):
+                await validate.run(ctx, event)
+
+
+async def test_runs_of_one_study_are_coalesced_and_none_ends_leaving_a_request(stack: Stack) -> None:
+    """The row's protocol: one run in flight; requests meanwhile fold into one follow-up; a run ends only
+    when nothing was asked for since it began; repeating an end is harmless."""
+    study = synthetic.StudyUids.new().study
+    async with open_clients(stack.settings) as ctx:
+        await ctx.status.request_run("alpha", study)
+        first = await ctx.status.claim_run("alpha", study)
+        assert first is not None and first.seq == 1 and not first.full
+        for _ in range(3):  # three more requests while the first run is in flight
+            await ctx.status.request_run("alpha", study, full=True)
+            assert await ctx.status.claim_run("alpha", study) is None
+        assert not await ctx.status.finish_run(first, StudyState.COMPLETED)  # asked for since it began
+        follow = await ctx.status.hand_over("alpha", study, first.run_id)
+        assert follow is not None and follow.seq == 2 and follow.full  # one follow-up for all three
+        assert await ctx.status.hand_over("alpha", study, first.run_id) is None  # not the run in flight
+        assert await ctx.status.finish_run(follow, StudyState.COMPLETED, result_location="s3://r/x")
+        assert not await ctx.status.finish_run(follow, StudyState.COMPLETED)  # ended already
+        row = await ctx.status.run_row("alpha", study)
+        assert row is not None and row.run_id is None and row.last_run == follow.run_id and row.runs == 2
+        status = await ctx.status.get("alpha", study, instances=0, series=0)
+        assert status is not None and status.status is StudyState.COMPLETED and status.run_id == follow.run_id
+        tomorrow = datetime.now(UTC) + timedelta(days=1)
+        assert [s async for _, s, _ in ctx.status.open_studies(before=tomorrow) if s == study] == []
 
 
 def _output(sop: str, probability: float) -> InstanceOutput:
@@ -119,117 +150,123 @@ def test_prepared_object_holds_tensor_and_header() -> None:
             prepared_codec.decode(garbage)
 
 
+async def _put_instance(stack: Stack, uids: synthetic.StudyUids, ds: pydicom.Dataset) -> PlanItem:
+    data = synthetic.to_bytes(ds)
+    key = keys.instance_key("alpha", uids.study, uids.series, ds.SOPInstanceUID)
+    stack.client("s3").put_object(Bucket=stack.settings.images_bucket, Key=key, Body=data)
+    return PlanItem(key=key, sop=ds.SOPInstanceUID, series=uids.series, sha256=hashlib.sha256(data).hexdigest())
+
+
+async def _plan(ctx: Clients, run: Run, items: list[PlanItem], routed: list[PlanItem] | None = None) -> None:
+    plan = Plan(
+        run_id=run.run_id,
+        seq=run.seq,
+        full=run.full,
+        model="lesion_detector",
+        items=items,
+        routed=routed or items,
+        shards=1,
+    )
+    await ctx.images.put_bytes(
+        keys.plan_key(run.tenant, run.study, run.run_id), plan.model_dump_json().encode(), content_type="x"
+    )
+
+
 async def test_prepare_refuses_an_instance_that_does_not_match_its_manifest(stack: Stack) -> None:
     uids = synthetic.StudyUids.new()
-    data = synthetic.to_bytes(synthetic.ct_slice(uids, 0, rows=64, cols=64))
-    sop = pydicom.dcmread(io.BytesIO(data)).SOPInstanceUID
-    s3 = stack.client("s3")
-    # written straight to the bucket, for a study no other test uses (the execution the manifest starts
-    # fails the same way, and writes nothing either)
-    s3.put_object(
-        Bucket=stack.settings.images_bucket, Key=keys.instance_key("alpha", uids.study, uids.series, sop), Body=data
-    )
-    manifest_key = stack.write_manifest(
-        uids.study,
-        uids.series,
-        "20260101T000000-tampered0001",
-        sop=sop,
-        sop_class_uid=CTImageStorage,
-        size=len(data),
-        sha256=hashlib.sha256(data + b"changed").hexdigest(),
-    )
-    event = {"tenant": "alpha", "study": uids.study, "model": "lesion_detector", "manifest_key": manifest_key}
+    item = await _put_instance(stack, uids, synthetic.ct_slice(uids, 0, rows=64, cols=64))
+    run = Run("alpha", uids.study, "20260101T000000-tampered0001", 1, False)
+    event = {**run.document(), "model": "lesion_detector", "shard": 0}
     async with open_clients(stack.settings) as ctx:
-        with pytest.raises(ManifestInvalid, match=f"instance {sop} does not match its manifest checksum"):
-            await prepare.run(ctx, {**event, "indices": [0]})
-    listing = s3.list_objects_v2(Bucket=stack.settings.images_bucket, Prefix=f"work/alpha/{uids.study}/")
-    assert listing["KeyCount"] == 0  # nothing prepared from bytes that failed the check
+        await _plan(ctx, run, [item.model_copy(update={"sha256": hashlib.sha256(b"changed").hexdigest()})])
+        with pytest.raises(ManifestInvalid, match=f"instance {item.sop} does not match its manifest checksum"):
+            await prepare.run(ctx, event)
+    listing = stack.client("s3").list_objects_v2(
+        Bucket=stack.settings.images_bucket, Prefix=keys.run_prefix("alpha", uids.study, run.run_id)
+    )
+    assert [o["Key"].rsplit("/", 1)[1] for o in listing["Contents"]] == ["plan.json"]  # nothing prepared
 
 
 async def test_prepare_reports_an_undecodable_instance_and_goes_on(stack: Stack) -> None:
-    """A batch whose only instance cannot be decoded returns it as failed, with the reason, and does not
-    raise: whether the study fails is decided over all batches (the worker answers DecodeFailed when none
-    prepared anything)."""
+    """A shard whose only instance cannot be decoded records it as failed, with a reason that quotes
+    nothing of the data set, and does not raise: whether the study fails is decided over all shards (the
+    worker answers DecodeFailed when none prepared anything)."""
     uids = synthetic.StudyUids.new()
     ds = synthetic.ct_slice(uids, 0, rows=64, cols=64)
     ds.PixelData = ds.PixelData[:100]  # 100 bytes where 64 x 64 x 2 are declared
-    data = synthetic.to_bytes(ds)
-    s3 = stack.client("s3")
-    s3.put_object(
-        Bucket=stack.settings.images_bucket,
-        Key=keys.instance_key("alpha", uids.study, uids.series, ds.SOPInstanceUID),
-        Body=data,
-    )
-    manifest_key = stack.write_manifest(
-        uids.study,
-        uids.series,
-        "20260101T000000-undecodable1",
-        sop=ds.SOPInstanceUID,
-        sop_class_uid=CTImageStorage,
-        size=len(data),
-        sha256=hashlib.sha256(data).hexdigest(),
-    )
-    event = {"tenant": "alpha", "study": uids.study, "model": "lesion_detector", "manifest_key": manifest_key}
+    item = await _put_instance(stack, uids, ds)
+    run = Run("alpha", uids.study, "20260101T000000-undecodable1", 1, False)
     async with open_clients(stack.settings) as ctx:
-        result = await prepare.run(ctx, {**event, "indices": [0]})
-    assert result["prepared"] == []
-    assert [f["sop"] for f in result["failed"]] == [ds.SOPInstanceUID]
-    assert result["failed"][0]["reason"]
-
-
-@pytest.mark.parametrize("builds", [5, 1])
-async def test_results_written_last_from_stale_outputs_are_rebuilt_and_name_their_own_sr(
-    stack: Stack, monkeypatch: pytest.MonkeyPatch, builds: int
-) -> None:
-    """Two executions of one study (two STOW requests). A lists the outputs (only its own); B's outputs are
-    written and B's StoreResults completes; then A writes its results, last. A must notice B's outputs and
-    rebuild, so the study's results hold both instances; and result.json must name an SR that exists and
-    is the one it describes. With a single build allowed, the stale build must not end the stage: it
-    raises TransientError, which Step Functions retries."""
-    uids = synthetic.StudyUids.new()
-    slices = [synthetic.ct_slice(uids, i, rows=64, cols=64) for i in range(2)]
-    outputs = [_output(str(ds.SOPInstanceUID), 0.2) for ds in slices]
-    outputs_a, outputs_b = (
-        output_codec.encode([out], [synthetic.to_bytes(ds)]) for out, ds in zip(outputs, slices, strict=True)
-    )
-    event = {"tenant": "alpha", "study": uids.study, "model": "lesion_detector", "skipped": 0, "prepared": []}
-    s3 = stack.client("s3")
-    bucket = stack.settings.images_bucket
-    s3.put_object(
-        Bucket=bucket, Key=keys.outputs_key("alpha", uids.study, "20260101T000000-aaaaaaaaaaaa"), Body=outputs_a
-    )
-
-    async with open_clients(stack.settings) as ctx:
-        await ctx.status.record_received("alpha", uids.study)
-        original_put = type(ctx.results).put_bytes
-        interleaved: list[str] = []
-
-        async def put_bytes(self: object, key: str, body: bytes, *, content_type: str) -> None:
-            if key.endswith("/result.json") and not interleaved:  # A's first result.json, about to be written
-                interleaved.append(key)
-                s3.put_object(
-                    Bucket=bucket,
-                    Key=keys.outputs_key("alpha", uids.study, "20260101T000001-bbbbbbbbbbbb"),
-                    Body=outputs_b,
-                )
-                await store.run(ctx, {**event, "action": "infer", "request_id": "20260101T000001-bbbbbbbbbbbb"})
-            await original_put(self, key, body, content_type=content_type)
-
-        monkeypatch.setattr(type(ctx.results), "put_bytes", put_bytes)
-        monkeypatch.setattr(store, "MAX_RESULT_BUILDS", builds)
-        a_event = {**event, "action": "infer", "request_id": "20260101T000000-aaaaaaaaaaaa"}
-        if builds == 1:
-            with pytest.raises(TransientError, match="changed during 1 builds"):
-                await store.run(ctx, a_event)
-            await store.run(ctx, a_event)  # Step Functions' retry: the outputs are stable now
-        else:
-            await store.run(ctx, a_event)
-
-        document = json.loads(await ctx.results.get_bytes(keys.result_key("alpha", uids.study, "result.json")))
-        assert sorted(i["sop_instance_uid"] for i in document["instances"]) == sorted(
-            o.sop_instance_uid for o in outputs
+        await _plan(ctx, run, [item])
+        answer = await prepare.run(ctx, {**run.document(), "model": "lesion_detector", "shard": 0})
+        shard = ShardResult.model_validate_json(
+            await ctx.images.get_bytes(keys.shard_key("alpha", uids.study, run.run_id, 0))
         )
-        (report,) = document["structured_reports"]
-        sr = pydicom.dcmread(io.BytesIO(await ctx.results.get_bytes(report["key"])))
-        assert sr.SOPInstanceUID == report["sop_instance_uid"]
-    assert interleaved  # the interleaving happened
+    assert answer == {"shard": 0, "prepared": 0, "failed": 1}
+    assert shard.prepared == []
+    ((index, reason),) = shard.failed
+    assert index == 0 and reason.startswith("cannot decode pixel data (Explicit VR Little Endian): ")
+    assert " at " in reason  # the class and place, no library message
+
+
+def _index_and_outputs(run: Run, items: list[PlanItem], slices: list[pydicom.Dataset], p: float) -> tuple[bytes, bytes]:
+    outputs = [_output(str(ds.SOPInstanceUID), p) for ds in slices]
+    data = output_codec.encode(outputs, [synthetic.to_bytes(ds) for ds in slices])
+    index = OutputsIndex(
+        run_id=run.run_id, seq=run.seq, model="lesion_detector", full=run.full, instances=[i.key for i in items]
+    )
+    return data, index.model_dump_json().encode()
+
+
+async def test_results_list_every_run_and_keep_a_sop_uid_repeated_in_two_series(stack: Stack) -> None:
+    """Two runs of one study (two requests), the second one's work/ objects gone but its plan: the
+    results hold the instances of both, from outputs/. The same SOP Instance UID in two series keeps both
+    results. A full run supersedes the runs before it."""
+    uids = synthetic.StudyUids.new()
+    other_series = synthetic.StudyUids(study=uids.study, series=pydicom.uid.generate_uid())
+    first = synthetic.ct_slice(uids, 0, rows=64, cols=64)
+    twin = synthetic.ct_slice(other_series, 0, rows=64, cols=64)
+    twin.SOPInstanceUID = first.SOPInstanceUID  # repeated by the sender in another series
+    third = synthetic.ct_slice(uids, 1, rows=64, cols=64)
+    items = [await _put_instance(stack, uids, first), await _put_instance(stack, other_series, twin)]
+    items.append(await _put_instance(stack, uids, third))
+    assert items[0].key != items[1].key
+    run1 = Run("alpha", uids.study, "20260101T000000-aaaaaaaaaaaa", 1, False)
+    run2 = Run("alpha", uids.study, "20260101T000001-bbbbbbbbbbbb", 2, False)
+    s3, bucket = stack.client("s3"), stack.settings.images_bucket
+    for run, part, slices, p in ((run1, items[:1], [first], 0.1), (run2, items[1:], [twin, third], 0.7)):
+        data, index = _index_and_outputs(run, part, slices, p)
+        s3.put_object(Bucket=bucket, Key=keys.outputs_key("alpha", uids.study, run.seq, run.run_id), Body=data)
+        s3.put_object(
+            Bucket=bucket, Key=keys.outputs_key("alpha", uids.study, run.seq, run.run_id, ".json"), Body=index
+        )
+    async with open_clients(stack.settings) as ctx:
+        await ctx.status.request_run("alpha", uids.study)
+        claimed = await ctx.status.claim_run("alpha", uids.study)
+        assert claimed is not None
+        run = Run("alpha", uids.study, claimed.run_id, 3, False)
+        await _plan(ctx, run, [], routed=items)
+        answer = await store.run(ctx, {**run.document(), "action": "store", "model": "lesion_detector"})
+        assert answer["follow_up"] is None
+        document = json.loads(await ctx.results.get_bytes(keys.result_key("alpha", uids.study, "result.json")))
+        status = await ctx.status.get("alpha", uids.study, instances=0, series=0)
+    assert document["run_id"] == claimed.run_id
+    assert sorted(
+        (i["series_instance_uid"], i["sop_instance_uid"], i["probability"]) for i in document["instances"]
+    ) == sorted(
+        [
+            (uids.series, first.SOPInstanceUID, 0.1),
+            (other_series.series, twin.SOPInstanceUID, 0.7),
+            (uids.series, third.SOPInstanceUID, 0.7),
+        ]
+    )
+    assert status is not None and status.status is StudyState.COMPLETED
+    indexes = [
+        OutputsIndex.model_validate_json(_index_and_outputs(r, items, [first, twin, third], 0.9)[1]) for r in (run1,)
+    ]
+    full = OutputsIndex(
+        run_id="20260101T000002-cccccccccccc", seq=3, model="lesion_detector", full=True, instances=[items[2].key]
+    )
+    latest = effective([*indexes, full], "lesion_detector")
+    assert set(latest) == {items[2].key}  # the full run superseded the runs before it
+    assert effective([*indexes, full], "another_model") == {}

@@ -24,7 +24,7 @@ from loadtest import synthetic
 from radstream import keys
 from radstream.errors import StorageUnavailable
 from tests.pipeline.conftest import Stack
-from tests.pipeline.test_pipeline import ct_study, manifests_of, send, wait_execution
+from tests.pipeline.test_pipeline import ct_study, executions_for, send, wait_execution
 from worker.stages import mark_failed, prepare, store, validate
 
 ASL = json.loads(resources.STATE_MACHINE_FILE.read_text())
@@ -186,9 +186,9 @@ def flaky_storage(stack: Stack) -> Iterator[FlakyProxy]:
         proxy.server_close()
 
 
-def scheduled(stack: Stack, request_id: str, function: str) -> int:
-    """How many times the execution of ``request_id`` invoked the Lambda function ``function``."""
-    (execution,) = [e for e in stack.executions() if str(e["name"]).rsplit("-", 1)[0] == request_id]
+def scheduled(stack: Stack, study: str, function: str) -> int:
+    """How many times the execution of the study's last run invoked the Lambda function ``function``."""
+    execution = executions_for(stack, study)[-1]
     history = stack.client("stepfunctions").get_execution_history(executionArn=execution["executionArn"])["events"]
     return sum(
         1
@@ -203,11 +203,6 @@ def sdk_attempts(stack: Stack) -> int:
     return stack.settings.aws_max_attempts + 1
 
 
-def request_of(stack: Stack, study: str) -> str:
-    (key,) = manifests_of(stack, study)
-    return keys.parse_manifest_key(key)[2]
-
-
 def test_status_writes_failing_once_are_retried_and_the_study_completes(
     stack: Stack, flaky_storage: FlakyProxy
 ) -> None:
@@ -218,10 +213,9 @@ def test_status_writes_failing_once_are_retried_and_the_study_completes(
     status = stack.wait_status(uids.study, ("completed", "failed"), timeout_s=45)
     assert status["status"] == "completed", status
     assert [f.served for f in flaky_storage.faults] == [attempts, attempts]
-    request_id = request_of(stack, uids.study)
-    assert wait_execution(stack, request_id) == "SUCCEEDED"
-    assert scheduled(stack, request_id, "validate-metadata") == 2  # the first try and one retry
-    assert scheduled(stack, request_id, "store-results") == 2
+    assert wait_execution(stack, uids.study) == "SUCCEEDED"
+    assert scheduled(stack, uids.study, "validate-metadata") == 2  # the first try and one retry
+    assert scheduled(stack, uids.study, "store-results") == 2
 
 
 def test_mark_failed_retries_its_status_write(stack: Stack, flaky_storage: FlakyProxy) -> None:
@@ -251,5 +245,5 @@ def test_mark_failed_retries_its_status_write(stack: Stack, flaky_storage: Flaky
     status = stack.wait_status(uids.study, ("failed",), timeout_s=45)
     assert status["failure_reason"].startswith("ManifestInvalid: instance"), status
     assert flaky_storage.faults[0].served == attempts
-    assert wait_execution(stack, request_id) == "FAILED"
-    assert scheduled(stack, request_id, "mark-failed") == 2  # the first try and one retry
+    assert wait_execution(stack, uids.study) == "FAILED"
+    assert scheduled(stack, uids.study, "mark-failed") == 2  # the first try and one retry

@@ -1,13 +1,14 @@
 """The RunInference message: what the state machine's ``sqs:sendMessage.waitForTaskToken`` task sends the
 inference worker (its ``MessageBody`` in infra/statemachine/pipeline.asl.json), with the task token to
-answer."""
+answer. It names the run; what to infer is in the run's plan and shard results (worker/formats/plan.py)."""
 
 from __future__ import annotations
 
 import contextlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
+from radstream import keys
 from worker.formats.errors import InvalidMessage
 
 
@@ -16,28 +17,30 @@ class InferenceTask:
     token: str
     tenant: str
     study: str
-    request_id: str
+    run_id: str
+    seq: int
+    full: bool
     model: str
-    images: list[tuple[str, int, int]]  # sop, rows, cols
-    undecoded: list[str] = field(default_factory=list)  # why PrepareTensors could not decode an instance
+    shards: int
 
     @classmethod
     def parse(cls, body: str) -> InferenceTask:
         try:
             data = json.loads(body)
-            images = [(str(s), int(r), int(c)) for batch in data["prepared"] for s, r, c in batch["prepared"]]
-            undecoded = [str(f.get("reason", "")) for batch in data["prepared"] for f in batch.get("failed", [])]
-            return cls(
+            task = cls(
                 token=str(data["task_token"]),
                 tenant=str(data["tenant"]),
                 study=str(data["study"]),
-                request_id=str(data["request_id"]),
+                run_id=str(data["run_id"]),
+                seq=int(data["seq"]),
+                full=bool(data.get("full", False)),
                 model=str(data["model"]),
-                images=images,
-                undecoded=undecoded,
+                shards=int(data["shard_count"]),
             )
+            keys.run_prefix(task.tenant, task.study, task.run_id)  # names a run of a valid study
         except (ValueError, KeyError, TypeError) as exc:
-            raise InvalidMessage(f"not a RunInference message: {type(exc).__name__}: {exc}") from exc
+            raise InvalidMessage(f"not a RunInference message: {type(exc).__name__}") from None
+        return task
 
 
 def token_of(body: str) -> str | None:

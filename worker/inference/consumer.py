@@ -9,11 +9,14 @@ state machine with the task token.
 * While it works on a message its lease (lease.py) extends the message's visibility and heartbeats the
   task token. A heartbeat answered TaskTimedOut means the execution no longer waits: the work is
   cancelled and the message deleted. A message is deleted only after its answer went through.
-* What an error is answered with is answers.py: Triton unavailable leaves the message for redelivery
-  (short visibility) until ``worker_max_attempts`` receives; any other error fails the study with its
-  reason, instead of leaving the execution to its heartbeat timeout. A message that cannot be parsed at
-  all goes to the DLQ through the queue's redrive policy.
-* SIGTERM: stop receiving, finish what is held, exit.
+* What to do when inference raised is answers.py: an unavailable Triton is waited out, holding the message
+  and heartbeating, up to the outage budget; a server fault is tried again a few times; any other error
+  fails the study with its reason, instead of leaving the execution to its heartbeat timeout. A message
+  that cannot be parsed at all goes to the DLQ through the queue's redrive policy.
+* What the run infers is in S3: the shard results of PrepareTensors and the run's plan. The outputs go to
+  ``outputs/`` with an index of the instances they cover, written last (worker/formats/plan.py).
+* SIGTERM: stop receiving, finish what is held, exit; a message waiting out an outage is left for
+  redelivery instead.
 """
 
 from __future__ import annotations
@@ -34,9 +37,10 @@ from radstream.telemetry import BufferedTelemetry, TelemetryEvent
 from worker.formats import outputs as output_codec
 from worker.formats import prepared as prepared_codec
 from worker.formats.errors import DecodeFailed, InferenceFailed, InvalidMessage, PipelineError
+from worker.formats.plan import OutputsIndex, Plan, ShardResult
 from worker.formats.task import InferenceTask, token_of
 from worker.formats.types import InstanceOutput
-from worker.inference.answers import failure_for
+from worker.inference.answers import Retries
 from worker.inference.batcher import Batcher
 from worker.inference.lease import Answer, Lease
 from worker.inference.postprocess import to_instance_output
@@ -75,9 +79,11 @@ class InferenceWorker:
         self.specs = specs
         self.completed = 0
         self._held: set[asyncio.Task[None]] = set()
+        self._stopping = asyncio.Event()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until ``stop`` is set, then finish every held message."""
+        self._stopping = stop
         limit = self.settings.worker_max_messages
         while not stop.is_set():
             free = limit - len(self._held)
@@ -155,17 +161,60 @@ class InferenceWorker:
 
     async def _execute(self, task: InferenceTask, lease: Lease) -> list[int] | PipelineError | TaskClosed | None:
         """Infer the task's images: the batch sizes they went in, the error to fail the task with, the
-        task closed meanwhile, or None (leave the message for redelivery)."""
-        if not task.images:  # every batch of PrepareTensors failed to decode all of its instances
-            first = task.undecoded[0] if task.undecoded else "no instance was prepared"
-            return DecodeFailed(f"none of {len(task.undecoded)} instances could be decoded: {first}")
+        task closed meanwhile, or None (stopping while waiting out an outage: leave the message)."""
         try:
-            return await self._infer_while_alive(task, lease)
-        except TaskClosed as exc:
+            work = await self._work(task)
+        except PipelineError as exc:
             return exc
-        except Exception as exc:
-            receives, attempts = lease.message.receives, self.settings.worker_max_attempts
-            return failure_for(exc, study=task.study, receives=receives, max_attempts=attempts)
+        except Exception as exc:  # the run's objects could not be read
+            return InferenceFailed(f"the run's plan or shards could not be read: {where(exc)}")
+        if not work.images:  # every shard of PrepareTensors failed to decode all of its instances
+            first = work.undecoded[0] if work.undecoded else "no instance was prepared"
+            return DecodeFailed(f"none of {len(work.undecoded)} instances could be decoded: {first}")
+        retries = Retries(self.settings.worker_outage_budget_s, self.settings.worker_server_fault_retries)
+        while True:
+            try:
+                return await self._infer_while_alive(task, work, lease)
+            except TaskClosed as exc:
+                return exc
+            except Exception as exc:
+                decision = retries.decide(exc, study=task.study)
+            if isinstance(decision, PipelineError):
+                return decision
+            closed = await self._pause(lease, decision)
+            if closed is not None:
+                return TaskClosed(closed)
+            if self._stopping.is_set():
+                return None
+
+    async def _pause(self, lease: Lease, seconds: float) -> str | None:
+        """Wait ``seconds`` holding the message (visibility extended, task heartbeated); the error code if a
+        heartbeat says the task is closed. Ends early when the worker is stopping."""
+        await lease.extend(self.settings.worker_visibility_timeout_s)
+        if closed := await lease.closed():
+            return closed
+        keepalive = asyncio.create_task(lease.keep_alive(self.settings.worker_visibility_timeout_s))
+        stopping = asyncio.create_task(self._stopping.wait())
+        try:
+            await asyncio.wait({keepalive, stopping}, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            keepalive.cancel()
+            stopping.cancel()
+            await asyncio.gather(keepalive, stopping, return_exceptions=True)
+        return keepalive.result() if keepalive.done() and not keepalive.cancelled() else None
+
+    async def _work(self, task: InferenceTask) -> _Work:
+        """What the run infers: its plan, and the items each shard prepared (or could not)."""
+        plan = Plan.model_validate_json(
+            await self.images.get_bytes(keys.plan_key(task.tenant, task.study, task.run_id))
+        )
+        work = _Work(plan)
+        for shard in range(task.shards):
+            raw = await self.images.get_bytes(keys.shard_key(task.tenant, task.study, task.run_id, shard))
+            result = ShardResult.model_validate_json(raw)
+            work.images += result.prepared
+            work.undecoded += [reason for _, reason in result.failed]
+        return work
 
     async def _conclude(
         self,
@@ -187,7 +236,7 @@ class InferenceWorker:
         if isinstance(result, PipelineError):
             await lease.fail(result, task.study)
             return
-        output = {"outputs_key": keys.outputs_key(task.tenant, task.study, task.request_id), "images": len(task.images)}
+        output = {"outputs": keys.outputs_key(task.tenant, task.study, task.seq, task.run_id), "images": len(result)}
         answer, code = await lease.succeed(output)
         if answer is Answer.NOT_SENT:
             return
@@ -203,17 +252,17 @@ class InferenceWorker:
                 queue_wait_ms=max(0.0, received_ms - sent_ms),
                 batch_size=int(statistics.median(result)) if result else None,
                 model=task.model,
-                instances=len(task.images),
+                instances=len(result),
                 # inferred, but the execution no longer waited for it (it timed out or was answered before)
                 outcome="ok" if answer is Answer.ACCEPTED else "failed",
                 reason=None if answer is Answer.ACCEPTED else code,
             )
         )
 
-    async def _infer_while_alive(self, task: InferenceTask, lease: Lease) -> list[int]:
+    async def _infer_while_alive(self, task: InferenceTask, items: _Work, lease: Lease) -> list[int]:
         """:meth:`_infer` while the lease is kept alive. Raises TaskClosed, after cancelling the work, as soon
         as a heartbeat says the task is closed."""
-        work = asyncio.create_task(self._infer(task))
+        work = asyncio.create_task(self._infer(task, items))
         keepalive = asyncio.create_task(lease.keep_alive(self.settings.worker_visibility_timeout_s))
         try:
             await asyncio.wait({work, keepalive}, return_when=asyncio.FIRST_COMPLETED)
@@ -225,27 +274,28 @@ class InferenceWorker:
             raise TaskClosed(keepalive.result())
         return work.result()
 
-    async def _infer(self, task: InferenceTask) -> list[int]:
+    async def _infer(self, task: InferenceTask, work: _Work) -> list[int]:
         spec = self.specs.get(task.model)
         if spec is None:
             raise KeyError(f"model {task.model!r} is not served by this worker")
         batcher = self.batchers[task.model]
-        results: list[tuple[InstanceOutput, bytes, int] | None] = [None] * len(task.images)
-        pending = iter(enumerate(task.images))
+        results: list[tuple[InstanceOutput, bytes, int] | None] = [None] * len(work.images)
+        pending = iter(enumerate(work.images))
 
         async def lane() -> None:
             """Takes the next image when done with one: the lanes bound the images in flight."""
-            for index, (sop, rows, cols) in pending:
-                raw = await self.images.get_bytes(keys.prepared_key(task.tenant, task.study, sop))
+            for index, (item, rows, cols) in pending:
+                raw = await self.images.get_bytes(keys.prepared_key(task.tenant, task.study, task.run_id, item))
                 tensor, header = prepared_codec.decode(raw)
                 del raw
                 result = await batcher.infer(tensor)
+                sop = work.plan.items[item].sop
                 results[index] = (to_instance_output(sop, (rows, cols), spec, result), header, result.batch_size)
 
         failure: BaseException | None = None
         try:
             async with asyncio.TaskGroup() as lanes:  # the first failure cancels the other lanes
-                for _ in range(min(self.settings.worker_images_in_flight, len(task.images))):
+                for _ in range(min(self.settings.worker_images_in_flight, len(work.images))):
                     lanes.create_task(lane())
         except BaseExceptionGroup as group:
             failure = first_error(group)
@@ -254,6 +304,29 @@ class InferenceWorker:
         done = [r for r in results if r is not None]
         data = output_codec.encode([r[0] for r in done], [r[1] for r in done])
         await self.images.put_bytes(
-            keys.outputs_key(task.tenant, task.study, task.request_id), data, content_type="application/octet-stream"
+            keys.outputs_key(task.tenant, task.study, task.seq, task.run_id),
+            data,
+            content_type="application/octet-stream",
+        )
+        index = OutputsIndex(
+            run_id=task.run_id,
+            seq=task.seq,
+            model=task.model,
+            full=task.full,
+            instances=[work.plan.items[item].key for (item, _, _), r in zip(work.images, results, strict=True) if r],
+        )
+        await self.images.put_bytes(  # last: an index names only outputs that exist
+            keys.outputs_key(task.tenant, task.study, task.seq, task.run_id, ".json"),
+            index.model_dump_json().encode(),
+            content_type="application/json",
         )
         return [r[2] for r in done]
+
+
+class _Work:
+    """What one run infers: its plan, the prepared items (item, rows, columns), and why others were not."""
+
+    def __init__(self, plan: Plan) -> None:
+        self.plan = plan
+        self.images: list[tuple[int, int, int]] = []
+        self.undecoded: list[str] = []

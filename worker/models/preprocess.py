@@ -32,7 +32,9 @@ from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 from pydicom.pixels.processing import apply_color_lut, apply_modality_lut
 from pydicom.pixels.utils import pixel_array
+from pydicom.uid import UID
 
+from radstream.errors import describe
 from worker.models.errors import PreprocessError
 from worker.models.spec import ModelSpec, Preprocessing
 
@@ -55,7 +57,7 @@ def read_dataset(path: Path) -> Dataset:
     try:
         return pydicom.dcmread(path)
     except (InvalidDicomError, EOFError, OSError, ValueError, TypeError, KeyError) as exc:
-        raise PreprocessError(f"{path.name}: not a readable DICOM file ({exc})") from exc
+        raise PreprocessError(f"{path.name}: not a readable DICOM file ({type(exc).__name__})") from exc
 
 
 def analysed_frame(ds: Dataset) -> tuple[int, int]:
@@ -92,13 +94,15 @@ def decode_frame(ds: Dataset, apply_rescale: bool = True) -> tuple[npt.NDArray[A
         elif arr.ndim == 2:
             out = (apply_modality_lut(arr, ds) if apply_rescale else arr).astype(np.float64)
         else:
-            raise PreprocessError(f"unsupported pixel array shape {arr.shape} ({photometric})")
+            raise PreprocessError(f"unsupported pixel array shape {arr.shape}")
     except PreprocessError:
         raise
     except Exception as exc:  # decoders raise many unrelated types (RuntimeError, ValueError, NotImplementedError)
+        # The class and place only, and the transfer syntax's name only if it is a known one: messages and
+        # values of a data set may quote patient data (docs/decisions.md).
         syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-        name = getattr(syntax, "name", syntax)
-        raise PreprocessError(f"cannot decode pixel data ({name}): {exc}") from exc
+        name = syntax.name if isinstance(syntax, UID) and syntax.is_transfer_syntax else "an unknown transfer syntax"
+        raise PreprocessError(f"cannot decode pixel data ({name}): {describe(exc)}") from exc
     return out, index
 
 

@@ -74,15 +74,28 @@ def with_type2_defaults(header: Dataset) -> Dataset:
     return copy
 
 
+def _positional(source_headers: Sequence[Dataset], outputs: Sequence[InstanceOutput]) -> bool:
+    """Whether output i is for header i, for every i: the pipeline passes them so (each output travels with
+    its source's header), and then one SOP Instance UID may be repeated in two series."""
+    return len(source_headers) == len(outputs) and all(
+        str(header.SOPInstanceUID) == output.sop_instance_uid
+        for header, output in zip(source_headers, outputs, strict=True)
+    )
+
+
 def check_inputs(source_headers: Sequence[Dataset], outputs: Sequence[InstanceOutput]) -> None:
     """Check that headers and outputs describe one study analysed by one model.
+
+    Outputs given in the order of their headers (output i for header i) are paired by position; one SOP
+    Instance UID may then appear in two series (senders do repeat them), each with its own output.
 
     Raises
     ------
     InconsistentInputError
         If there are no headers or outputs, the headers span several studies
-        or repeat a SOP instance, an output names an unknown or repeated SOP
-        instance, or the outputs come from several model names/versions.
+        or repeat a SOP instance of one series, an output names an unknown or
+        (outside positional pairing) repeated SOP instance, or the outputs come
+        from several model names/versions.
     """
     if not source_headers:
         raise InconsistentInputError("no source headers given")
@@ -91,13 +104,17 @@ def check_inputs(source_headers: Sequence[Dataset], outputs: Sequence[InstanceOu
     studies = {str(header.StudyInstanceUID) for header in source_headers}
     if len(studies) != 1:
         raise InconsistentInputError(f"source headers span {len(studies)} studies; expected one")
-    header_uids = [str(header.SOPInstanceUID) for header in source_headers]
-    if len(set(header_uids)) != len(header_uids):
+    instances = [(str(h.get("SeriesInstanceUID", "")), str(h.SOPInstanceUID)) for h in source_headers]
+    if len(set(instances)) != len(instances):
         raise InconsistentInputError("a SOP instance appears more than once among the source headers")
+    header_uids = {sop for _, sop in instances}
     output_uids = [output.sop_instance_uid for output in outputs]
-    if len(set(output_uids)) != len(output_uids):
-        raise InconsistentInputError("a SOP instance has more than one model output")
-    unknown = sorted(set(output_uids) - set(header_uids))
+    if not _positional(source_headers, outputs):
+        if len(header_uids) != len(instances):
+            raise InconsistentInputError("a SOP Instance UID repeated in two series needs outputs in header order")
+        if len(set(output_uids)) != len(output_uids):
+            raise InconsistentInputError("a SOP instance has more than one model output")
+    unknown = sorted(set(output_uids) - header_uids)
     if unknown:
         raise InconsistentInputError(f"model outputs for SOP instances without a source header: {unknown}")
     models = {(output.model_name, output.model_version) for output in outputs}
@@ -117,6 +134,8 @@ def pair(source_headers: Sequence[Dataset], outputs: Sequence[InstanceOutput]) -
     are left out. Inputs are checked with :func:`check_inputs` first.
     """
     check_inputs(source_headers, outputs)
+    if _positional(source_headers, outputs):
+        return [AnalysedInstance(header=h, output=o) for h, o in zip(source_headers, outputs, strict=True)]
     by_uid = {output.sop_instance_uid: output for output in outputs}
     return [
         AnalysedInstance(header=header, output=by_uid[str(header.SOPInstanceUID)])

@@ -105,6 +105,7 @@ class ResultDocument(_Frozen):
     structured_reports: tuple[DicomObjectReference, ...] = ()
     segmentations: tuple[DicomObjectReference, ...] = ()
     not_analysed: tuple[NotAnalysed, ...] = ()
+    run_id: str | None = Field(None, description="the pipeline run that built this document (added in 1.0's life)")
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,6 +16,9 @@ from radstream.clients import Clients
 from radstream.errors import NotFound, StorageUnavailable
 from radstream.manifest import Manifest
 from worker.formats.errors import InstanceMissing, ManifestInvalid, TransientError
+from worker.formats.plan import OutputsIndex, Plan
+
+INDEX_READS_IN_FLIGHT = 16
 
 
 @contextmanager
@@ -52,3 +56,31 @@ class Timer:
 @contextmanager
 def timed() -> Iterator[Timer]:
     yield Timer(time.perf_counter())
+
+
+async def read_plan(ctx: Clients, tenant: str, study: str, run_id: str) -> Plan:
+    try:
+        return Plan.model_validate_json(await ctx.images.get_bytes(keys.plan_key(tenant, study, run_id)))
+    except NotFound as exc:
+        raise ManifestInvalid(f"the plan of run {run_id} is missing") from exc
+    except StorageUnavailable as exc:
+        raise TransientError(exc.detail) from exc
+    except (ValueError, ValidationError) as exc:
+        raise ManifestInvalid(f"the plan of run {run_id} is not valid: {type(exc).__name__}") from None
+
+
+async def outputs_indexes(ctx: Clients, tenant: str, study: str) -> list[OutputsIndex]:
+    """The outputs index of every run of the study that inferred something."""
+    try:
+        names = [k for k in await ctx.images.list_keys(keys.outputs_prefix(tenant, study)) if k.endswith(".json")]
+        slots = asyncio.Semaphore(INDEX_READS_IN_FLIGHT)
+
+        async def read(key: str) -> OutputsIndex:
+            async with slots:
+                return OutputsIndex.model_validate_json(await ctx.images.get_bytes(key))
+
+        return list(await asyncio.gather(*(read(key) for key in sorted(names))))
+    except StorageUnavailable as exc:
+        raise TransientError(exc.detail) from exc
+    except (ValueError, ValidationError) as exc:
+        raise ManifestInvalid(f"an outputs index of the study is not valid: {type(exc).__name__}") from None

@@ -28,6 +28,7 @@ from radstream.settings import get_settings
 from worker.formats.errors import InternalError, PipelineError, TransientError
 from worker.stages import mark_failed as mark_failed_stage
 from worker.stages import prepare, start, store, validate
+from worker.stages import reconcile as reconcile_stage
 
 log = logging.getLogger(__name__)
 
@@ -97,3 +98,7 @@ def store_results(event: dict[str, Any], context: object) -> dict[str, Any]:
 
 def mark_failed(event: dict[str, Any], context: object) -> dict[str, Any]:
     return _run(mark_failed_stage.run, event)
+
+
+def reconcile(event: dict[str, Any], context: object) -> dict[str, Any]:
+    return _run(reconcile_stage.run, event)

@@ -1,14 +1,16 @@
-"""MarkFailed: the Catch of every state. Records the study as failed with the error's name and reason."""
+"""MarkFailed: the Catch of every state. Ends the run with the study failed, with the error's name and
+reason; or, when more was asked for while the run was in flight, hands over to the follow-up run, which
+tries again (worker/stages/runs.py)."""
 
 from __future__ import annotations
 
 import json
 from typing import Any
 
-from radstream import keys
 from radstream.clients import Clients
-from radstream.status import StudyState
+from radstream.status import Run, StudyState
 from radstream.telemetry import TelemetryEvent
+from worker.stages import runs
 
 
 def failure_reason(error: dict[str, Any] | None) -> tuple[str, str]:
@@ -27,15 +29,22 @@ def failure_reason(error: dict[str, Any] | None) -> tuple[str, str]:
 
 
 async def run(ctx: Clients, event: dict[str, Any]) -> dict[str, Any]:
-    if "tenant" in event:
-        tenant, study = event["tenant"], event["study"]
-    else:  # ValidateMetadata failed: the input is still the trigger's {bucket, key}
-        tenant, study, _ = keys.parse_manifest_key(str(event.get("key")))
+    run = Run.of(event)
     name, reason = failure_reason(event.get("error"))
-    await ctx.status.set_state(tenant, study, StudyState.FAILED, failure_reason=reason)
+    follow_up = await runs.conclude(ctx, run, StudyState.FAILED, failure_reason=reason)
     await ctx.telemetry.send(
         TelemetryEvent(
-            stage="failed", tenant=tenant, study_uid=study, outcome="failed", reason=name, model=event.get("model")
+            stage="failed",
+            tenant=run.tenant,
+            study_uid=run.study,
+            outcome="failed",
+            reason=name,
+            model=event.get("model"),
         )
     )
-    return {"tenant": tenant, "study": study, "failed": reason}
+    return {
+        "tenant": run.tenant,
+        "study": run.study,
+        "failed": reason,
+        "follow_up": None if follow_up is None else follow_up.run_id,
+    }

@@ -1,9 +1,10 @@
-"""PrepareTensors: check each instance against its manifest checksum, decode its pixels, and write one
-prepared object per instance: the model-ready tensor and the pixel-free header.
+"""PrepareTensors: one shard of a run's plan. Check each instance against its manifest checksum, decode its
+pixels, and write one prepared object per instance: the model-ready tensor and the pixel-free header.
 
-An instance that cannot be decoded is returned as failed, with the reason, and its batch goes on: the
-study fails (DecodeFailed, answered by the worker) only when no batch prepared anything, so one series in
-an unsupported encoding does not fail the others."""
+An instance that cannot be decoded is recorded as failed, with the reason (its class and place, never a
+library's message, which may quote the data set), and the shard goes on: the study fails (DecodeFailed,
+answered by the worker) only when no shard prepared anything, so one series in an unsupported encoding does
+not fail the others. What the shard prepared goes to S3 (worker/formats/plan.py); the state gets counts."""
 
 from __future__ import annotations
 
@@ -16,14 +17,15 @@ import pydicom
 
 from radstream import keys
 from radstream.clients import Clients
-from radstream.errors import NotFound
+from radstream.errors import describe
 from radstream.telemetry import TelemetryEvent
 from worker.formats import prepared as prepared_codec
 from worker.formats.errors import ManifestInvalid
+from worker.formats.plan import ShardResult
 from worker.models.errors import PreprocessError
 from worker.models.preprocess import prepare
 from worker.models.spec import ModelSpec
-from worker.stages.common import instance_access, read_manifest, timed
+from worker.stages.common import instance_access, read_plan, timed
 from worker.stages.validate import specs_in
 
 
@@ -44,35 +46,48 @@ def _decode(data: bytes, spec: ModelSpec) -> tuple[bytes, tuple[int, int]]:
     return prepared_codec.encode(prepared.tensor, header.getvalue()), prepared.source_shape
 
 
+def _reason(exc: Exception) -> str:
+    """Why an instance could not be prepared: our own words for a PreprocessError (they quote no values),
+    the class and place for anything a library raised."""
+    return str(exc)[:200] if isinstance(exc, PreprocessError) else describe(exc)
+
+
 async def run(ctx: Clients, event: dict[str, Any]) -> dict[str, Any]:
-    tenant, study, model = event["tenant"], event["study"], event["model"]
-    indices: list[int] = event["indices"]
+    tenant, study, model, run_id = event["tenant"], event["study"], event["model"], event["run_id"]
+    shard = int(event["shard"])
     with timed() as t:
-        try:
-            manifest = await read_manifest(ctx, event["manifest_key"])
-        except NotFound as exc:
-            raise ManifestInvalid("manifest disappeared during processing") from exc
+        plan = await read_plan(ctx, tenant, study, run_id)
         spec = _spec(ctx, model)
-        prepared: list[list[Any]] = []
-        failed: list[dict[str, str]] = []
-        for index in indices:
-            inst = manifest.instances[index]
-            with instance_access(inst.sop_instance_uid):
-                data = await ctx.images.get_bytes(inst.key)
+        result = ShardResult()
+        for index in plan.shard_items(shard):
+            item = plan.items[index]
+            with instance_access(item.sop):
+                data = await ctx.images.get_bytes(item.key)
             # the bytes actually decoded, not the object's metadata, are checked against the manifest
-            if hashlib.sha256(data).hexdigest() != inst.sha256:
-                raise ManifestInvalid(f"instance {inst.sop_instance_uid} does not match its manifest checksum")
+            if hashlib.sha256(data).hexdigest() != item.sha256:
+                raise ManifestInvalid(f"instance {item.sop} does not match its manifest checksum")
             try:
                 encoded, shape = await asyncio.to_thread(_decode, data, spec)
-            except (PreprocessError, ValueError, NotImplementedError, RuntimeError, AttributeError) as exc:
-                failed.append({"sop": inst.sop_instance_uid, "reason": f"{type(exc).__name__}: {exc}"[:200]})
+            except (PreprocessError, ValueError, NotImplementedError, RuntimeError, AttributeError, KeyError) as exc:
+                result.failed.append((index, _reason(exc)))
                 continue
-            key = keys.prepared_key(tenant, study, inst.sop_instance_uid)
-            await ctx.images.put_bytes(key, encoded, content_type="application/octet-stream")
-            prepared.append([inst.sop_instance_uid, shape[0], shape[1]])
+            await ctx.images.put_bytes(
+                keys.prepared_key(tenant, study, run_id, index), encoded, content_type="application/octet-stream"
+            )
+            result.prepared.append((index, shape[0], shape[1]))
+        await ctx.images.put_bytes(
+            keys.shard_key(tenant, study, run_id, shard),
+            result.model_dump_json().encode(),
+            content_type="application/json",
+        )
     await ctx.telemetry.send(
         TelemetryEvent(
-            stage="prepare", tenant=tenant, study_uid=study, duration_ms=t.ms, model=model, instances=len(prepared)
+            stage="prepare",
+            tenant=tenant,
+            study_uid=study,
+            duration_ms=t.ms,
+            model=model,
+            instances=len(result.prepared),
         )
     )
-    return {"prepared": prepared, "failed": failed}
+    return {"shard": shard, "prepared": len(result.prepared), "failed": len(result.failed)}

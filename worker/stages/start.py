@@ -1,38 +1,49 @@
-"""StartPipeline: the EventBridge target. Starts one execution per manifest, named after it.
+"""StartPipeline: the EventBridge target for every manifest written. Asks for a run of the manifest's study
+and starts it if none is in flight (worker/stages/runs.py).
 
-EventBridge's Step Functions target cannot name executions, and S3 events are delivered at least once;
-naming the execution after the manifest makes a duplicate event a no-op (ExecutionAlreadyExists).
+S3 events are delivered at least once. A manifest that the study's last run covered (it lists the request
+ids it read), while no run is in flight, asks for nothing: a duplicate event. With a run in flight it asks
+for a run, which at worst finds nothing new to infer. A manifest whose request id ends in ``-full`` is a
+reprocess: its run infers every instance again.
 """
 
 from __future__ import annotations
 
-import hashlib
+import json
 from typing import Any
 
 from radstream import keys
 from radstream.clients import Clients
-from radstream.errors import NotFound, StorageError
+from radstream.errors import NotFound, StorageUnavailable
 from worker.formats.errors import ManifestInvalid, TransientError
-
-
-def execution_name(manifest_key: str) -> str:
-    """Deterministic, at most 80 characters of [A-Za-z0-9-_]."""
-    _tenant, _study, request_id = keys.parse_manifest_key(manifest_key)
-    digest = hashlib.sha256(manifest_key.encode()).hexdigest()[:24]
-    return f"{request_id}-{digest}"[:80]
+from worker.stages import runs
 
 
 async def run(ctx: Clients, event: dict[str, Any]) -> dict[str, Any]:
-    bucket, key = event.get("bucket"), event.get("key")
+    key = event.get("key")
     if not isinstance(key, str):
-        raise ManifestInvalid(f"event has no object key: {event!r}"[:300])
-    name = execution_name(key)
+        raise ManifestInvalid("the event names no object key")
     try:
-        arn = await ctx.stepfunctions.start_execution(
-            ctx.settings.state_machine_name, name, {"bucket": bucket, "key": key}
-        )
-    except (NotFound, StorageError) as exc:
-        raise TransientError(f"StartExecution failed: {exc}") from exc
-    if arn is None:
-        return {"execution": name, "started": False}
-    return {"execution": name, "started": True, "executionArn": arn}
+        tenant, study, request_id = keys.parse_manifest_key(key)
+    except ValueError:
+        raise ManifestInvalid("the event's object key is not a manifest's") from None
+    if covered := await _covered_by(ctx, tenant, study, request_id):
+        return {"study": study, "started": False, "covered_by": covered}
+    started = await runs.request(ctx, tenant, study, full=keys.is_full_request(request_id))
+    if started is None:
+        return {"study": study, "started": False}
+    return {"study": study, "started": True, "run_id": started.run_id}
+
+
+async def _covered_by(ctx: Clients, tenant: str, study: str, request_id: str) -> str | None:
+    """The run that covered this manifest already, if no run is in flight: a duplicate event."""
+    try:
+        row = await ctx.status.run_row(tenant, study)
+        if row is None or row.run_id is not None or row.last_run is None:
+            return None
+        covered = json.loads(await ctx.images.get_bytes(keys.covered_key(tenant, study, row.last_run)))
+    except NotFound:  # expired with the run's work objects: asking for a run again is harmless
+        return None
+    except StorageUnavailable as exc:
+        raise TransientError(exc.detail) from exc
+    return row.last_run if isinstance(covered, list) and request_id in covered else None

@@ -1,4 +1,11 @@
-"""StoreResults: JSON + DICOM SR (+ SEG) of everything inferred for the study, then status completed."""
+"""StoreResults: JSON + DICOM SR (+ SEG) of everything inferred for the study, then the run ends.
+
+The results are built from the outputs of every run of the study (the latest output of each instance; a
+reprocess supersedes the runs before it), kept under outputs/, which does not expire: a series sent weeks
+later still gets results that list every instance. One run of a study is in flight at a time
+(worker/stages/runs.py), so no other build interleaves with this one. The SR and SEGs go under the run's
+prefix, and result.json, written last, names them.
+"""
 
 from __future__ import annotations
 
@@ -11,16 +18,19 @@ import pydicom
 
 from radstream import keys
 from radstream.clients import Clients
-from radstream.status import NO_MODEL_DETAIL, StudyState, utcnow
+from radstream.errors import StorageUnavailable
+from radstream.status import NO_MODEL_DETAIL, Run, StudyState, utcnow
 from radstream.telemetry import TelemetryEvent
 from worker.formats import outputs as output_codec
-from worker.formats.errors import TransientError
+from worker.formats.errors import ManifestInvalid, TransientError
+from worker.formats.plan import OutputsIndex, Plan, ShardResult, effective
 from worker.formats.types import InstanceOutput
 from worker.results import build_result_document, build_segs, build_sr, dataset_to_bytes
-from worker.stages.common import read_manifest, timed
+from worker.stages import runs
+from worker.stages.common import outputs_indexes, read_plan, timed
 from worker.stages.validate import specs_in
 
-MAX_RESULT_BUILDS = 5
+READS_IN_FLIGHT = 8
 
 
 def _build(
@@ -29,6 +39,7 @@ def _build(
     threshold: float,
     not_analysed: list[tuple[str, str]],
     run_prefix: str,
+    run_id: str,
 ) -> tuple[bytes, tuple[str, bytes], list[tuple[str, bytes]]]:
     """(result JSON, (SR key, bytes), [(SEG key, bytes)]); CPU-bound, runs in a thread. The DICOM objects go
     under ``run_prefix``, and the document names their keys."""
@@ -41,6 +52,7 @@ def _build(
     seg_keys = [f"{run_prefix}/seg-{i}.dcm" for i in range(len(segs))]
     document = document.model_copy(
         update={
+            "run_id": run_id,
             "structured_reports": tuple(r.model_copy(update={"key": sr_key}) for r in document.structured_reports),
             "segmentations": tuple(
                 r.model_copy(update={"key": k}) for r, k in zip(document.segmentations, seg_keys, strict=True)
@@ -54,90 +66,85 @@ def _build(
     )
 
 
-async def _not_analysed(ctx: Clients, event: dict[str, Any], analysed: set[str]) -> list[tuple[str, str]]:
-    """Instances of this execution's manifest without a result, with the reason."""
-    reasons = {
-        failure["sop"]: f"could not be decoded: {failure['reason']}"
-        for batch in event.get("prepared", [])
-        for failure in batch.get("failed", [])
-    }
-    if not reasons and event.get("skipped") == 0:
-        return []  # every instance was routed to the model and prepared, so every one has an output
-    manifest = await read_manifest(ctx, event["manifest_key"])
-    missing = []
-    for inst in manifest.instances:
-        if inst.sop_instance_uid not in analysed:
-            default = f"{NO_MODEL_DETAIL} (modality {inst.modality or 'unknown'}, SOP class {inst.sop_class_uid})"
-            missing.append((inst.sop_instance_uid, reasons.get(inst.sop_instance_uid, default)))
-    return missing
+async def _failures(ctx: Clients, run: Run, plan: Plan, shards: int) -> dict[str, str]:
+    """Instance key -> why this run could not prepare it."""
+    reasons: dict[str, str] = {}
+    for shard in range(shards):
+        try:
+            raw = await ctx.images.get_bytes(keys.shard_key(run.tenant, run.study, run.run_id, shard))
+        except StorageUnavailable as exc:
+            raise TransientError(exc.detail) from exc
+        for item, reason in ShardResult.model_validate_json(raw).failed:
+            reasons[plan.items[item].key] = f"could not be decoded: {reason}"
+    return reasons
 
 
-async def _outputs_keys(ctx: Clients, tenant: str, study: str) -> list[str]:
-    return sorted(await ctx.images.list_keys(keys.outputs_prefix(tenant, study)))
+async def _outputs(ctx: Clients, latest: dict[str, tuple[OutputsIndex, int]], run: Run) -> dict[str, list[Any]]:
+    """The outputs objects that ``latest`` points into, decoded: outputs key -> [(output, header)]."""
+    wanted = sorted({(index.seq, index.run_id) for index, _ in latest.values()})
+    slots = asyncio.Semaphore(READS_IN_FLIGHT)
+
+    async def read(seq: int, run_id: str) -> tuple[str, list[Any]]:
+        key = keys.outputs_key(run.tenant, run.study, seq, run_id)
+        async with slots:
+            try:
+                raw = await ctx.images.get_bytes(key)
+            except StorageUnavailable as exc:
+                raise TransientError(exc.detail) from exc
+        try:
+            return run_id, output_codec.decode(raw)
+        except ValueError:
+            raise ManifestInvalid(f"the outputs of run {run_id} are not readable") from None
+
+    return dict(await asyncio.gather(*(read(seq, run_id) for seq, run_id in wanted)))
 
 
-async def _study_outputs(ctx: Clients, output_keys: list[str]) -> list[tuple[InstanceOutput, bytes]]:
-    """Outputs, with their source headers, of every execution of this study so far (one study may arrive in
-    several requests); the latest output per instance."""
-    by_sop: dict[str, tuple[InstanceOutput, bytes]] = {}
-    for key in output_keys:
-        for out, header in output_codec.decode(await ctx.images.get_bytes(key)):
-            by_sop[out.sop_instance_uid] = (out, header)
-    return list(by_sop.values())
-
-
-async def _write_results(ctx: Clients, event: dict[str, Any], tenant: str, study: str, model: str) -> None:
-    """Build and write the study's results from every execution's outputs, until they include every output
-    written meanwhile.
-
-    Executions of one study (several STOW requests) run concurrently. One that listed the outputs before
-    another's were written could finish writing after that other one and leave results without its
-    instances; so after writing, the outputs are listed again, and the results rebuilt if there are new
-    ones. Any output written after that listing belongs to an execution whose own StoreResults starts later
-    and covers it. The SR and SEGs of each build go under a prefix of their own and result.json, written
-    last, names them: whatever two builds interleave, result.json and the objects it names belong together.
-    """
+async def _write_results(ctx: Clients, event: dict[str, Any], run: Run, model: str) -> str:
     spec = next(s for s in specs_in(ctx.settings.model_repository) if s.name == model)
-    result_key = keys.result_key(tenant, study, keys.RESULT_JSON)
-    output_keys = await _outputs_keys(ctx, tenant, study)
-    for _ in range(MAX_RESULT_BUILDS):
-        pairs = await _study_outputs(ctx, output_keys)
-        outputs = [output for output, _ in pairs]
-        headers: list[pydicom.Dataset] = [pydicom.dcmread(io.BytesIO(raw), force=True) for _, raw in pairs]
-        not_analysed = await _not_analysed(ctx, event, {o.sop_instance_uid for o in outputs})
-        run_prefix = keys.result_key(tenant, study, f"runs/{keys.new_request_id()}")
-        document, (sr_key, sr), segs = await asyncio.to_thread(
-            _build, headers, outputs, spec.outputs.labels.threshold, not_analysed, run_prefix
-        )
-        await ctx.results.put_bytes(sr_key, sr, content_type="application/dicom")
-        for seg_key, seg in segs:
-            await ctx.results.put_bytes(seg_key, seg, content_type="application/dicom")
-        await ctx.results.put_bytes(result_key, document, content_type="application/json")
-        latest = await _outputs_keys(ctx, tenant, study)
-        if latest == output_keys:
-            return
-        output_keys = latest
-    # Still changing: the results just written may lack outputs whose own StoreResults has finished
-    # already, so this one must not end here. Step Functions retries it (with backoff) later.
-    raise TransientError(f"the study's outputs changed during {MAX_RESULT_BUILDS} builds of its results")
+    plan = await read_plan(ctx, run.tenant, run.study, run.run_id)
+    latest = effective(await outputs_indexes(ctx, run.tenant, run.study), model)
+    decoded = await _outputs(ctx, latest, run)
+    failures = await _failures(ctx, run, plan, int(event.get("shard_count") or 0)) if event["action"] == "infer" else {}
+    pairs: list[tuple[InstanceOutput, bytes]] = []
+    not_analysed: list[tuple[str, str]] = []
+    for item in plan.routed:  # in the order the requests came
+        found = latest.get(item.key)
+        if found is None:
+            not_analysed.append((item.sop, failures.get(item.key, "not analysed: no output for it")))
+            continue
+        index, position = found
+        pairs.append(decoded[index.run_id][position])
+    not_analysed += plan.others
+    if not pairs:
+        raise ManifestInvalid("no instance of the study has an output to build results from")
+    headers: list[pydicom.Dataset] = [pydicom.dcmread(io.BytesIO(raw), force=True) for _, raw in pairs]
+    run_prefix = keys.result_key(run.tenant, run.study, f"runs/{run.run_id}")
+    document, (sr_key, sr), segs = await asyncio.to_thread(
+        _build, headers, [o for o, _ in pairs], spec.outputs.labels.threshold, not_analysed, run_prefix, run.run_id
+    )
+    await ctx.results.put_bytes(sr_key, sr, content_type="application/dicom")
+    for seg_key, seg in segs:
+        await ctx.results.put_bytes(seg_key, seg, content_type="application/dicom")
+    result_key = keys.result_key(run.tenant, run.study, keys.RESULT_JSON)
+    await ctx.results.put_bytes(result_key, document, content_type="application/json")
+    return result_key
 
 
 async def run(ctx: Clients, event: dict[str, Any]) -> dict[str, Any]:
-    tenant, study, action = event["tenant"], event["study"], event["action"]
-    if action == "skip":
-        return {"tenant": tenant, "study": study, "result": None}
+    run, action = Run.of(event), event["action"]
+    tenant, study = run.tenant, run.study
     with timed() as t:
-        result_key = keys.result_key(tenant, study, keys.RESULT_JSON)
         if action == "no_model":
-            body = {"study_instance_uid": study, "outcome": "no_model", "detail": NO_MODEL_DETAIL}
+            result_key = keys.result_key(tenant, study, keys.RESULT_JSON)
+            body = {"study_instance_uid": study, "outcome": "no_model", "detail": NO_MODEL_DETAIL, "run_id": run.run_id}
             await ctx.results.put_json(result_key, body)
             model = None
         else:
             model = event["model"]
-            await _write_results(ctx, event, tenant, study, model)
-        await ctx.status.set_state(
-            tenant,
-            study,
+            result_key = await _write_results(ctx, event, run, model)
+        follow_up = await runs.conclude(
+            ctx,
+            run,
             StudyState.COMPLETED,
             stage="store",
             stage_ms=t.ms,
@@ -156,4 +163,10 @@ async def run(ctx: Clients, event: dict[str, Any]) -> dict[str, Any]:
             outcome="ok" if model else "no_model",
         ),
     )
-    return {"tenant": tenant, "study": study, "result": result_key, "outcome": "ok" if model else "no_model"}
+    return {
+        "tenant": tenant,
+        "study": study,
+        "result": result_key,
+        "outcome": "ok" if model else "no_model",
+        "follow_up": None if follow_up is None else follow_up.run_id,
+    }

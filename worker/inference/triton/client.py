@@ -29,6 +29,7 @@ from worker.inference.triton.errors import (
     ModelMissing,
     ModelNotReady,
     ServerError,
+    ServerFault,
     TritonError,
     TritonUnavailable,
 )
@@ -44,6 +45,7 @@ from worker.inference.triton.tensors import ModelMetadata, TensorDescriptor, Ten
 log = logging.getLogger("radstream.triton")
 
 MAX_MESSAGE_BYTES = 2**31 - 1
+FAULT_STATUSES = ("INTERNAL", "RESOURCE_EXHAUSTED", "ABORTED", "UNKNOWN")  # gRPC codes of faults that may pass
 READY_POLL_INTERVAL_S = 0.1
 
 
@@ -73,6 +75,8 @@ def _translate(exc: InferenceServerException, model: str) -> TritonError:
         return ModelNotReady(text)
     if "INVALID_ARG" in status and any(w in lowered for w in ("data-type", "shape", "input", "dims")):
         return InvalidInput(text)
+    if any(code in status for code in FAULT_STATUSES):
+        return ServerFault(f"{text} ({status})")
     return ServerError(f"{text} ({status})" if status else text)
 
 

@@ -40,3 +40,8 @@ class InvalidInput(TritonError):
 
 class ServerError(TritonError):
     """Triton or the model failed while handling a valid request."""
+
+
+class ServerFault(ServerError):
+    """Triton answered INTERNAL, RESOURCE_EXHAUSTED, ABORTED or UNKNOWN: a fault of the server (out of GPU
+    memory, a backend hiccup) that may pass. Retried a few times before the study fails."""

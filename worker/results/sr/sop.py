@@ -136,11 +136,12 @@ def _contributing_equipment(source: Dataset, now: datetime.datetime) -> list[Dat
 def _evidence(headers: Sequence[Dataset], study_uid: str) -> tuple[list[Dataset], list[Dataset]]:
     """(Current Requested Procedure Evidence, Pertinent Other Evidence): every source, by study and series."""
     groups: dict[tuple[str, str], list[Dataset]] = {}
-    seen: set[str] = set()
+    seen: set[tuple[str, str]] = set()
     for header in headers:
-        if header.SOPInstanceUID in seen:
+        instance = (str(header.SeriesInstanceUID), str(header.SOPInstanceUID))
+        if instance in seen:
             continue
-        seen.add(header.SOPInstanceUID)
+        seen.add(instance)
         reference = Dataset()
         reference.ReferencedSOPClassUID = header.SOPClassUID
         reference.ReferencedSOPInstanceUID = header.SOPInstanceUID
