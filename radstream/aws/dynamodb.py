@@ -123,6 +123,7 @@ class StatusStore:
     ) -> Run | None:
         run_id, now = new_run_id(), utcnow().isoformat()
         sets = [
+            "#s = :processing",
             "run_id = :run",
             "run_requested = if_not_exists(requested, :zero)",
             "run_started_at = :now",
@@ -137,6 +138,7 @@ class StatusStore:
             ":now": {"S": now},
             ":one": {"N": "1"},
             ":open": {"S": OPEN_SHARD},
+            ":processing": {"S": StudyState.PROCESSING.value},
         }
         if previous is not None:
             sets.append("previous_run = :ours")
@@ -146,6 +148,7 @@ class StatusStore:
                 Key=self._key(tenant, study),
                 UpdateExpression="SET " + ", ".join(sets) + " REMOVE full_pending, run_full ADD runs :one",
                 ConditionExpression=condition,
+                ExpressionAttributeNames={"#s": "status"},
                 ExpressionAttributeValues=values,
                 ReturnValues="ALL_OLD",
             )

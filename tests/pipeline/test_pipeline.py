@@ -210,13 +210,19 @@ def test_triton_down_then_back_completes(stack: Stack, triton_paused: int) -> No
 
 
 @pytest.mark.slow
-def test_triton_down_too_long_fails_with_reason(stack: Stack, triton_paused: int) -> None:
+def test_triton_down_too_long_fails_with_reason_and_a_resend_completes_it(stack: Stack, triton_paused: int) -> None:
     uids, datasets = ct_study(1)
     send(stack, datasets)
     status = stack.wait_status(uids.study, ("completed", "failed"))
     assert status["status"] == "failed"
     assert status["failure_reason"].startswith("InferenceUnavailable: the inference server was unavailable for 1")
     assert "past the outage budget of 12 s" in status["failure_reason"]
+    # the server is back; the sender sends the study again (identical bytes, nothing new to store): a new run
+    os.kill(triton_paused, signal.SIGCONT)
+    send(stack, datasets)
+    status = stack.wait_status(uids.study, ("completed",))
+    assert status["runs"] == 2 and status["failure_reason"] is None
+    assert len(manifests_of(stack, uids.study)) == 2  # the study's, and the retry's (it lists nothing)
 
 
 def test_no_phi_in_telemetry_or_logs(stack: Stack) -> None:

@@ -66,6 +66,8 @@ def _patch_events() -> None:
     original = Rule.send_to_targets
 
     def send_to_targets(self: Any, original_event: dict[str, Any], transform_input: bool = True) -> None:
+        if self.state != "ENABLED":  # moto 5.2 delivers to the targets of a disabled rule too; AWS does not
+            return
         if not self.event_pattern.matches_event(original_event):
             return
         lambdas = [t for t in self.targets if parse_arn(t["Arn"]).service == "lambda"]
