@@ -8,7 +8,8 @@
 # Worker:  radstream worker                                                      (override the command)
 # Lambda:  CMD is the handler (CloudFormation ImageConfig.Command), one of infra/resources.py
 #          LAMBDA_FUNCTIONS: worker.stages.main.start_pipeline, worker.stages.main.validate_metadata,
-#          worker.stages.main.prepare_tensors, worker.stages.main.store_results, worker.stages.main.mark_failed
+#          worker.stages.main.prepare_tensors, worker.stages.main.store_results, worker.stages.main.mark_failed,
+#          worker.stages.main.reconcile
 #
 # Both images carry the model specs (triton/models/<model>/spec.json, nothing else of triton/: Triton
 # serves the ONNX files from S3) in /opt/radstream/triton/models, where RADSTREAM_MODEL_REPOSITORY points:

@@ -38,6 +38,7 @@ EXPECTED_SKIPS = {
     ("CKV_AWS_117", "AWS::Lambda::Function.PrepareTensorsFunction"),
     ("CKV_AWS_117", "AWS::Lambda::Function.StoreResultsFunction"),
     ("CKV_AWS_117", "AWS::Lambda::Function.MarkFailedFunction"),
+    ("CKV_AWS_117", "AWS::Lambda::Function.ReconcileFunction"),
     ("CKV_AWS_117", "AWS::Lambda::Function.StartPipelineFunction"),
     ("CKV_AWS_111", "AWS::IAM::Role.WorkerRole"),
     ("CKV_AWS_18", "AWS::S3::Bucket.ArtifactsBucket"),
@@ -191,7 +192,7 @@ def test_manifest_rule_invokes_the_start_pipeline_function_as_infra_resources_sa
     assert from_rule["Condition"] == {"ArnEquals": {"aws:SourceArn": {"Fn::GetAtt": ["ManifestCreatedRule", "Arn"]}}}
 
 
-def test_start_pipeline_may_start_the_state_machine_and_nothing_else(template: dict[str, Any]) -> None:
+def test_start_pipeline_may_ask_for_and_start_runs_and_nothing_else(template: dict[str, Any]) -> None:
     starter = template["Resources"][functions_by_suffix(template)["start-pipeline"]]["Properties"]
     role = starter["Role"]["Fn::GetAtt"][0]
     granted = statements(template, role)
@@ -202,12 +203,17 @@ def test_start_pipeline_may_start_the_state_machine_and_nothing_else(template: d
         "logs:PutLogEvents",
         "states:StartExecution",
         "states:ListStateMachines",
+        "dynamodb:UpdateItem",  # asks for a run and claims it (worker/stages/runs.py)
+        "dynamodb:GetItem",
+        "s3:GetObject",  # what the last run covered (a duplicate event asks for nothing)
+        "s3:ListBucket",
         "kms:Decrypt",
         "kms:GenerateDataKey",
         "sqs:SendMessage",
         "xray:PutTraceSegments",
         "xray:PutTelemetryRecords",
     }
+    assert s3_grants(template, role) == {("s3:GetObject", "ImagesBucket/work/*"), ("s3:ListBucket", "ImagesBucket")}
     assert granted["StartNamedExecution"]["Resource"] == {"Ref": "Pipeline"}
     assert granted["DeadLetters"]["Resource"] == {"Fn::GetAtt": ["PipelineEventsDeadLetterQueue", "Arn"]}
     # failed asynchronous invocations end in the same queue as undeliverable events
@@ -280,23 +286,28 @@ def test_lambda_functions_run_the_pipeline_handlers(template: dict[str, Any]) ->
 STAGE_S3 = {
     "validate-metadata": {
         ("s3:GetObject", "ImagesBucket/manifests/*"),
+        ("s3:GetObject", "ImagesBucket/outputs/*"),  # what earlier runs inferred
+        ("s3:PutObject", "ImagesBucket/work/*"),  # the run's plan
         ("s3:ListBucket", "ImagesBucket"),  # a withdrawn manifest must answer 404 (skipped), not 403
     },
     "prepare-tensors": {
-        ("s3:GetObject", "ImagesBucket/manifests/*"),
+        ("s3:GetObject", "ImagesBucket/work/*"),  # the plan
         ("s3:GetObject", "ImagesBucket/instances/*"),
         ("s3:PutObject", "ImagesBucket/work/*"),
         ("s3:ListBucket", "ImagesBucket"),  # a missing instance must answer 404 (InstanceMissing), not 403
     },
     "store-results": {
-        ("s3:GetObject", "ImagesBucket/work/*"),
-        ("s3:GetObject", "ImagesBucket/manifests/*"),  # why an instance has no result
+        ("s3:GetObject", "ImagesBucket/work/*"),  # the plan, and why an instance has no result
+        ("s3:GetObject", "ImagesBucket/outputs/*"),  # the outputs of every run
         ("s3:ListBucket", "ImagesBucket"),
         ("s3:PutObject", "ResultsBucket/results/*"),
     },
     "mark-failed": set(),
 }
 STAGES_WRITING_STATUS = {"validate-metadata", "store-results", "mark-failed"}
+# Stages that end a run: they read its row and start the follow-up run (worker/stages/runs.py).
+STAGES_ENDING_RUNS = {"store-results", "mark-failed"}
+RUN_ENDING = {"dynamodb:GetItem", "states:StartExecution", "states:ListStateMachines"}
 
 
 def test_each_stage_role_grants_what_its_code_does(template: dict[str, Any]) -> None:
@@ -318,7 +329,12 @@ def test_each_stage_role_grants_what_its_code_does(template: dict[str, Any]) -> 
         assert actions - {"logs:CreateLogStream", "logs:PutLogEvents"} == (
             {action for action, _resource in expected}
             | ({"dynamodb:UpdateItem"} if suffix in STAGES_WRITING_STATUS else set())
+            | (RUN_ENDING if suffix in STAGES_ENDING_RUNS else set())
         ), suffix
+        if suffix in STAGES_ENDING_RUNS:  # built from the name: the machine names these functions
+            assert granted["StartFollowUpRuns"]["Resource"] == {
+                "Fn::Sub": "arn:${AWS::Partition}:states:${AWS::Region}:${AWS::AccountId}:stateMachine:${ProjectName}-pipeline"
+            }
         if suffix in STAGES_WRITING_STATUS:
             assert granted["Status"]["Resource"] == {"Fn::GetAtt": ["StatusTable", "Arn"]}, suffix
         for statement in granted.values():
@@ -355,7 +371,7 @@ def test_eks_roles_grant_what_the_gateway_and_worker_do(template: dict[str, Any]
     assert s3_grants(template, "WorkerRole") == {
         ("s3:GetObject", "ImagesBucket/work/*"),
         ("s3:ListBucket", "ImagesBucket"),  # a missing tensor answers 404, not 403
-        ("s3:PutObject", "ImagesBucket/work/*/outputs/*"),
+        ("s3:PutObject", "ImagesBucket/outputs/*"),  # kept as long as the instances: not under work/
     }
     worker = statements(template, "WorkerRole")
     assert set(as_list(worker["ConsumeInferenceQueue"]["Action"])) >= {
@@ -582,3 +598,44 @@ def test_the_dimse_listener_nlb_admits_dicom_from_the_configured_sources_only(te
     (egress,) = group["Properties"]["SecurityGroupEgress"]
     assert (egress["FromPort"], egress["ToPort"]) == (11112, 11112)
     assert template["Outputs"]["DimseSecurityGroupId"]["Description"] == "Helm: dimse.securityGroupId"
+
+
+def test_the_reconciler_runs_on_a_schedule_with_least_privilege(template: dict[str, Any]) -> None:
+    resources = template["Resources"]
+    function = resources["ReconcileFunction"]["Properties"]
+    assert function["ImageConfig"]["Command"] == [LAMBDA_FUNCTIONS["reconcile"][0]]
+    schedule = resources["ReconcileSchedule"]["Properties"]
+    assert schedule["ScheduleExpression"] == "rate(5 minutes)"
+    assert schedule["Target"]["Arn"] == {"Fn::GetAtt": ["ReconcileFunction", "Arn"]}
+    invoke = resources["ReconcileSchedulerRole"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]
+    assert invoke == [
+        {"Effect": "Allow", "Action": "lambda:InvokeFunction", "Resource": {"Fn::GetAtt": ["ReconcileFunction", "Arn"]}}
+    ]
+    granted = statements(template, "ReconcileRole")
+    assert granted["OpenStudies"]["Action"] == "dynamodb:Query"
+    assert granted["OpenStudies"]["Resource"] == {"Fn::Sub": "${StatusTable.Arn}/index/open-studies"}
+    assert not any(a.startswith("s3:") for s in granted.values() for a in as_list(s["Action"]))  # no data
+    assert set(as_list(granted["Runs"]["Action"])) == {"dynamodb:UpdateItem", "dynamodb:GetItem"}
+    assert granted["StartRuns"]["Resource"] == {"Ref": "Pipeline"}
+    assert (
+        function["Environment"]["Variables"]["RADSTREAM_STATE_MACHINE_NAME"]
+        == (resources["Pipeline"]["Properties"]["StateMachineName"])
+    )
+
+
+def test_every_dead_letter_queue_failed_executions_and_the_reconciler_have_an_alarm(template: dict[str, Any]) -> None:
+    resources = template["Resources"]
+    alarms = [r["Properties"] for r in resources.values() if r["Type"] == "AWS::CloudWatch::Alarm"]
+    queues = [name for name, r in resources.items() if r["Type"] == "AWS::SQS::Queue" and "DeadLetter" in name]
+    assert len(queues) == 3
+    for queue in queues:
+        (alarm,) = [
+            a
+            for a in alarms
+            if a.get("Dimensions") == [{"Name": "QueueName", "Value": {"Fn::GetAtt": [queue, "QueueName"]}}]
+        ]
+        assert alarm["MetricName"] == "ApproximateNumberOfMessagesVisible" and alarm["Threshold"] == 0
+    watched = {(a["Namespace"], a["MetricName"]) for a in alarms}
+    assert {("AWS/States", "ExecutionsFailed"), ("AWS/States", "ExecutionsTimedOut")} <= watched
+    assert {("RadStream/Reconciler", "FoundWork"), ("RadStream/Reconciler", "Stuck")} <= watched
+    assert all(a["AlarmActions"] == [{"Ref": "AlarmTopic"}] for a in alarms)

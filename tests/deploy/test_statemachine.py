@@ -71,14 +71,39 @@ def test_states_all_stands_alone_and_last(path: Path) -> None:
                     assert rule["ErrorEquals"] == ["States.ALL"] and i == len(rules) - 1, name
 
 
-def test_the_inference_heartbeat_outlasts_the_worker_retry_cycle_and_fits_the_timeout() -> None:
-    """RunInference's heartbeat clock also runs while the message waits in the queue or between a worker's
-    attempts (Triton down: the message is left for redelivery), so it must outlast the worker's whole
-    retry budget, and it must be shorter than the task's timeout to mean anything."""
+def test_the_inference_task_outlasts_the_worker_outage_budget_and_retries_a_lost_heartbeat() -> None:
+    """A worker waiting out an outage holds the message and heartbeats: the task's timeout must outlast the
+    whole budget; the heartbeat clock also runs while a message waits in the queue, and its timeout sends
+    the message again instead of failing the study."""
     from radstream.settings import Settings
 
     path = next(p for p in STATEMACHINES if p.name == "pipeline.asl.json")
     state = json.loads(path.read_text())["States"]["RunInference"]
     settings = Settings()
-    retry_cycle_s = settings.worker_max_attempts * settings.worker_visibility_timeout_s
-    assert 2 * retry_cycle_s < state["HeartbeatSeconds"] < state["TimeoutSeconds"]
+    assert settings.worker_outage_budget_s == 900  # the issue's default: 15 minutes
+    assert settings.worker_visibility_timeout_s < state["HeartbeatSeconds"]
+    assert 2 * settings.worker_outage_budget_s < state["TimeoutSeconds"]
+    (heartbeat,) = [r for r in state["Retry"] if "States.HeartbeatTimeout" in r["ErrorEquals"]]
+    assert heartbeat["MaxAttempts"] >= 1
+
+
+def test_retry_budgets_are_minutes_and_timeouts_are_retried() -> None:
+    """Transient faults are retried with backoff for minutes, not seconds; a stage that timed out or ran out
+    of memory is retried (every stage is idempotent); States.DataLimitExceeded is caught by name."""
+    path = next(p for p in STATEMACHINES if p.name == "pipeline.asl.json")
+    states = json.loads(path.read_text())["States"]
+    tasks = {"Prepare": states["PrepareTensors"]["ItemProcessor"]["States"]["Prepare"]}
+    tasks |= {n: s for n, s in states.items() if s["Type"] == "Task" and n not in ("RunInference", "MarkFailed")}
+    for name, state in tasks.items():
+        (transient,) = [r for r in state["Retry"] if "TransientError" in r["ErrorEquals"]]
+        budget, delay = 0.0, float(transient["IntervalSeconds"])
+        for _ in range(transient["MaxAttempts"]):
+            budget += min(delay, transient.get("MaxDelaySeconds", delay))
+            delay *= transient["BackoffRate"]
+        assert budget >= 180, (name, budget)
+        (timeouts,) = [r for r in state["Retry"] if "Sandbox.Timedout" in r["ErrorEquals"]]
+        assert {"States.Timeout", "Runtime.OutOfMemory"} <= set(timeouts["ErrorEquals"]), name
+    for name, state in states.items():
+        if "Catch" in state:
+            caught = [e for rule in state["Catch"] for e in rule["ErrorEquals"]]
+            assert "States.DataLimitExceeded" in caught, name

@@ -31,11 +31,12 @@ def stow(
     study: str | None = None,
     chunked: bool = False,
     content_type: str = CONTENT_TYPE,
+    timeout: float = 120,
 ) -> httpx.Response:
     target = f"{url}/dicomweb/studies" + (f"/{study}" if study else "")
     data = multipart(parts)
     content: Any = chunks(data) if chunked else data
-    return httpx.post(target, content=content, headers={**headers, "Content-Type": content_type}, timeout=120)
+    return httpx.post(target, content=content, headers={**headers, "Content-Type": content_type}, timeout=timeout)
 
 
 def referenced(body: dict[str, Any]) -> list[dict[str, Any]]:

@@ -1,0 +1,86 @@
+"""Studies far larger than a state's payload may be: the state carries identifiers and counts, never lists
+that grow with the study, so they complete; the local stack fails an execution whose state passes
+256 KB as AWS does (tests/stack/test_local_gaps.py), so a regression would fail here."""
+
+from __future__ import annotations
+
+import hashlib
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pydicom
+import pytest
+
+from loadtest import synthetic
+from radstream import keys
+from radstream.manifest import Manifest, ManifestInstance
+from radstream.status import utcnow
+from tests.pipeline.conftest import Stack
+from tests.pipeline.test_pipeline import executions_for, wait_execution
+
+
+def long_uid(i: int) -> str:
+    """A 64-character UID, the longest DICOM allows."""
+    stem = f"1.2.826.0.1.3680043.10.1137.{i}."
+    return stem + "9" * (64 - len(stem))
+
+
+def small_slice(uids: synthetic.StudyUids, i: int, sop: str | None = None) -> bytes:
+    ds = synthetic.ct_slice(uids, i, rows=16, cols=16)
+    if sop is not None:
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = sop
+    return synthetic.to_bytes(ds)
+
+
+def wait_completed(stack: Stack, study: str, timeout_s: float) -> dict[str, object]:
+    status = stack.wait_status(study, ("completed", "failed"), timeout_s=timeout_s)
+    assert status["status"] == "completed", status
+    assert wait_execution(stack, study, timeout_s=30) == "SUCCEEDED"
+    return status
+
+
+@pytest.mark.slow
+def test_3000_instances_with_64_character_uids_complete(stack: Stack) -> None:
+    """About 600 KB of UIDs alone: the size at which the old state's list of prepared instances passed 256 KB.
+    Written straight to the store with the manifest a request would have written (the gateway is not what
+    this checks; the next test sends through it)."""
+    study = long_uid(0)
+    series = long_uid(1)
+    uids = synthetic.StudyUids(study=study, series=series)
+    s3, bucket = stack.client("s3"), stack.settings.images_bucket
+
+    def put(i: int) -> ManifestInstance:
+        sop = long_uid(10_000 + i)
+        data = small_slice(uids, i, sop)
+        key = keys.instance_key("alpha", study, series, sop)
+        s3.put_object(Bucket=bucket, Key=key, Body=data)
+        return ManifestInstance(
+            key=key,
+            sop_class_uid=pydicom.uid.CTImageStorage,
+            sop_instance_uid=sop,
+            series_instance_uid=series,
+            transfer_syntax_uid=pydicom.uid.ExplicitVRLittleEndian,
+            modality="CT",
+            size=len(data),
+            sha256=hashlib.sha256(data).hexdigest(),
+        )
+
+    with ThreadPoolExecutor(8) as pool:
+        instances = list(pool.map(put, range(3000)))
+    request_id = keys.new_request_id()
+    manifest = Manifest(
+        request_id=request_id, tenant="alpha", study_instance_uid=study, received_at=utcnow(), instances=instances
+    )
+    assert len(manifest.model_dump_json()) > 4 * 256 * 1024
+    s3.put_object(
+        Bucket=bucket, Key=keys.manifest_key("alpha", study, request_id), Body=manifest.model_dump_json().encode()
+    )
+    wait_completed(stack, study, timeout_s=600)
+    document = httpx.get(f"{stack.url}/v1/studies/{study}/results", headers=stack.auth, timeout=60).json()
+    assert len(document["instances"]) == 3000
+    (execution,) = executions_for(stack, study)
+    history = stack.client("stepfunctions").get_execution_history(
+        executionArn=execution["executionArn"], maxResults=1000
+    )
+    largest = max(len(str(e)) for e in history["events"])
+    assert largest < 64 * 1024  # every state's input and output stays small
