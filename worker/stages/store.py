@@ -39,7 +39,7 @@ def _build(
     threshold: float,
     not_analysed: list[tuple[str, str]],
     run_prefix: str,
-    run_id: str,
+    run_id: str | None = None,
 ) -> tuple[bytes, tuple[str, bytes], list[tuple[str, bytes]]]:
     """(result JSON, (SR key, bytes), [(SEG key, bytes)]); CPU-bound, runs in a thread. The DICOM objects go
     under ``run_prefix``, and the document names their keys."""
