@@ -155,9 +155,15 @@ def resample_matrix(n_in: int, n_out: int) -> npt.NDArray[Any]:
 
 
 def resize(image: npt.NDArray[Any], height: int, width: int) -> npt.NDArray[np.float64]:
-    out: npt.NDArray[np.float64] = (
-        resample_matrix(image.shape[0], height) @ image @ resample_matrix(image.shape[1], width).T
-    )
+    rows, cols = image.shape
+    if rows % height == 0 and cols % width == 0 and rows >= height and cols >= width:
+        # Whole-number shrink factors (512 -> 128): the area average is the mean of each block, the same
+        # weights resample_matrix gives, at a fraction of the two matrix products' cost.
+        fy, fx = rows // height, cols // width
+        summed = image.reshape(height, fy, cols).sum(axis=1, dtype=np.float64)
+        mean: npt.NDArray[np.float64] = summed.reshape(height, width, fx).sum(axis=2) / (fy * fx)
+        return mean
+    out: npt.NDArray[np.float64] = resample_matrix(rows, height) @ image @ resample_matrix(cols, width).T
     return out
 
 

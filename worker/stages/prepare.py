@@ -28,6 +28,8 @@ from worker.models.spec import ModelSpec
 from worker.stages.common import instance_access, read_plan, timed
 from worker.stages.validate import specs_in
 
+SHARD_CONCURRENCY = 4  # instances of one shard read, decoded and written at once: storage round trips overlap
+
 
 def _spec(ctx: Clients, name: str) -> ModelSpec:
     for spec in specs_in(ctx.settings.model_repository):
@@ -59,22 +61,46 @@ async def run(ctx: Clients, event: dict[str, Any]) -> dict[str, Any]:
         plan = await read_plan(ctx, tenant, study, run_id)
         spec = _spec(ctx, model)
         result = ShardResult()
-        for index in plan.shard_items(shard):
+        slots = asyncio.Semaphore(SHARD_CONCURRENCY)
+
+        async def one(index: int) -> tuple[int, tuple[int, int] | str]:
+            """(index, source shape) when prepared and stored, (index, reason) when it cannot be."""
             item = plan.items[index]
-            with instance_access(item.sop):
-                data = await ctx.images.get_bytes(item.key)
-            # the bytes actually decoded, not the object's metadata, are checked against the manifest
-            if hashlib.sha256(data).hexdigest() != item.sha256:
-                raise ManifestInvalid(f"instance {item.sop} does not match its manifest checksum")
-            try:
-                encoded, shape = await asyncio.to_thread(_decode, data, spec)
-            except (PreprocessError, ValueError, NotImplementedError, RuntimeError, AttributeError, KeyError) as exc:
-                result.failed.append((index, _reason(exc)))
-                continue
-            await ctx.images.put_bytes(
-                keys.prepared_key(tenant, study, run_id, index), encoded, content_type="application/octet-stream"
-            )
-            result.prepared.append((index, shape[0], shape[1]))
+            async with slots:
+                with instance_access(item.sop):
+                    data = await ctx.images.get_bytes(item.key)
+                # the bytes actually decoded, not the object's metadata, are checked against the manifest
+                if hashlib.sha256(data).hexdigest() != item.sha256:
+                    raise ManifestInvalid(f"instance {item.sop} does not match its manifest checksum")
+                try:
+                    encoded, shape = await asyncio.to_thread(_decode, data, spec)
+                except (
+                    PreprocessError,
+                    ValueError,
+                    NotImplementedError,
+                    RuntimeError,
+                    AttributeError,
+                    KeyError,
+                ) as exc:
+                    return index, _reason(exc)
+                del data
+                await ctx.images.put_bytes(
+                    keys.prepared_key(tenant, study, run_id, index), encoded, content_type="application/octet-stream"
+                )
+                return index, shape
+
+        tasks = [asyncio.ensure_future(one(i)) for i in plan.shard_items(shard)]
+        try:
+            outcomes = await asyncio.gather(*tasks)
+        except BaseException:  # a checksum mismatch fails the shard: the others' work is moot
+            for task in tasks:
+                task.cancel()
+            raise
+        for index, outcome in outcomes:
+            if isinstance(outcome, str):
+                result.failed.append((index, outcome))
+            else:
+                result.prepared.append((index, outcome[0], outcome[1]))
         await ctx.images.put_bytes(
             keys.shard_key(tenant, study, run_id, shard),
             result.model_dump_json().encode(),

@@ -1,0 +1,166 @@
+"""Time from the last acknowledgement to ``completed`` for one CT study sent three ways (a benchmark, not a test).
+
+    .venv/bin/python -m loadtest.bench_runs [--quick] [--out FILE]
+
+Starts its own embedded stack (AWS emulator with its local gaps, Triton, gateway, worker) on free loopback
+ports, writes a CT series of 512x512 slices to a folder, and sends it with ``radstream send``'s own code
+(:func:`cli.send.send`, 4 requests at once) as:
+
+* one request holding every slice (the reference);
+* ``radstream send``'s defaults: requests of 10 slices;
+* one slice per request, as a modality that opens one association per image sends.
+
+Each round sends a new study in each mode, the modes' order rotating round by round. The figure is the
+time from the last acknowledgement (client clock, when ``send`` returns) to the study's ``updated_at``
+when it turned ``completed`` (written right after the result objects), and how many runs that took.
+Target (issue: coalesced runs): the other modes within 1.5x of one request; one request under 3 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from cli.send import send
+from loadtest import synthetic
+from loadtest.bench_pipeline import API_KEY, BenchStack
+
+MODES = {"one_request": 0, "send_defaults": 10, "one_per_request": 1}  # instances per request; 0: all
+FULL = {"slices": 200, "rounds": 3}
+QUICK = {"slices": 40, "rounds": 1}
+COMPLETE_TIMEOUT_S = 300.0
+TARGET_RATIO = 1.5
+TARGET_ONE_REQUEST_S = 3.0
+
+
+def _write_series(folder: Path, slices: int) -> str:
+    uids = synthetic.StudyUids.new()
+    folder.mkdir(parents=True)
+    for i, data in enumerate(synthetic.ct_series_bytes(slices, uids=uids)):
+        (folder / f"{i:04d}.dcm").write_bytes(data)
+    return uids.study
+
+
+async def _completed(url: str, study: str) -> dict[str, Any]:
+    """The study's status once it left received/processing (``failed`` counts as not completed)."""
+    deadline = time.monotonic() + COMPLETE_TIMEOUT_S
+    async with httpx.AsyncClient(timeout=10.0, headers={"Authorization": f"Bearer {API_KEY}"}) as client:
+        while True:
+            body: dict[str, Any] = (await client.get(f"{url}/v1/studies/{study}")).json()
+            if body.get("status") in ("completed", "failed", "no_model"):
+                return body
+            if time.monotonic() > deadline:
+                return {**body, "status": f"still {body.get('status')} after {COMPLETE_TIMEOUT_S:.0f} s"}
+            await asyncio.sleep(0.25)
+
+
+async def _one(url: str, folder: Path, study: str, per_request: int, slices: int) -> dict[str, Any]:
+    started = time.time()
+    report = await send([folder], url=url, api_key=API_KEY, batch=per_request or slices, concurrency=4)
+    acked = time.time()
+    body = await _completed(url, study)
+    row: dict[str, Any] = {
+        "stored": report.stored,
+        "requests": report.requests,
+        "send_s": acked - started,
+        "status": body.get("status"),
+        "runs": body.get("runs"),
+    }
+    if body.get("status") == "completed":
+        row["ack_to_completed_s"] = max(0.0, datetime.fromisoformat(body["updated_at"]).timestamp() - acked)
+    return row
+
+
+async def run_async(quick: bool = False, *, slices: int | None = None, rounds: int | None = None) -> dict[str, Any]:
+    config = QUICK if quick else FULL
+    slices = slices or config["slices"]
+    rounds = rounds or config["rounds"]
+    samples: dict[str, list[dict[str, Any]]] = {mode: [] for mode in MODES}
+    with tempfile.TemporaryDirectory(prefix="radstream-bench-runs-") as tmp:
+        async with BenchStack(Path(tmp) / "stack") as stack:
+            warm = Path(tmp) / "warm"
+            await _one(stack.url, warm, _write_series(warm, 4), 2, 4)  # imports, first Triton batch
+            order = list(MODES)
+            for r in range(rounds):
+                for mode in order[r % len(order) :] + order[: r % len(order)]:
+                    folder = Path(tmp) / f"{mode}-{r}"
+                    study = await asyncio.to_thread(_write_series, folder, slices)
+                    row = await _one(stack.url, folder, study, MODES[mode], slices)
+                    samples[mode].append(row)
+                    print(f"round {r + 1} {mode}: {json.dumps(row)}", flush=True)
+                    await asyncio.sleep(1)
+    result: dict[str, Any] = {"slices": slices, "rounds": rounds, "modes": {}}
+    for mode, rows in samples.items():
+        times = [row["ack_to_completed_s"] for row in rows if "ack_to_completed_s" in row]
+        result["modes"][mode] = {
+            "instances_per_request": MODES[mode] or slices,
+            "samples": rows,
+            "completed": len(times),
+            "median_s": statistics.median(times) if times else None,
+            "max_s": max(times) if times else None,
+            "runs": [row["runs"] for row in rows],
+        }
+    reference = result["modes"]["one_request"]["median_s"]
+    for mode in ("send_defaults", "one_per_request"):
+        median = result["modes"][mode]["median_s"]
+        result[f"ratio_{mode}_vs_one_request"] = median / reference if median is not None and reference else None
+    result["target_ratio"] = TARGET_RATIO
+    result["target_one_request_s"] = TARGET_ONE_REQUEST_S
+    return result
+
+
+def _num(value: Any, fmt: str) -> str:
+    return "n/a" if value is None else format(value, fmt)
+
+
+def markdown(result: dict[str, Any]) -> str:
+    lines = [
+        f"{result['slices']} CT slices 512x512, {result['rounds']} round(s), 4 requests at once",
+        "",
+        "| sent as | instances per request | completed | last ack -> completed, median s | max s | runs | "
+        "vs one request |",
+        "|---|---:|---:|---:|---:|---|---:|",
+    ]
+    for mode, row in result["modes"].items():
+        ratio = result.get(f"ratio_{mode}_vs_one_request")
+        lines.append(
+            f"| {mode.replace('_', ' ')} | {row['instances_per_request']} | {row['completed']}/{len(row['samples'])} "
+            f"| {_num(row['median_s'], '.2f')} | {_num(row['max_s'], '.2f')} | {row['runs']} "
+            f"| {_num(ratio, '.2f') if mode != 'one_request' else '1'} |"
+        )
+    lines += [
+        "",
+        f"Targets: every mode within {result['target_ratio']}x of one request; one request under "
+        f"{result['target_one_request_s']:.0f} s.",
+    ]
+    return "\n".join(lines)
+
+
+def run(quick: bool = False, **kwargs: Any) -> dict[str, Any]:
+    return asyncio.run(run_async(quick, **kwargs))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--slices", type=int)
+    parser.add_argument("--rounds", type=int)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    result = run(args.quick, slices=args.slices, rounds=args.rounds)
+    print(markdown(result))
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
