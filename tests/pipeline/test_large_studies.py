@@ -5,6 +5,9 @@ that grow with the study, so they complete; the local stack fails an execution w
 from __future__ import annotations
 
 import hashlib
+import threading
+import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -15,6 +18,7 @@ from loadtest import synthetic
 from radstream import keys
 from radstream.manifest import Manifest, ManifestInstance
 from radstream.status import utcnow
+from tests.gateway import stowhelp
 from tests.pipeline.conftest import Stack
 from tests.pipeline.test_pipeline import executions_for, wait_execution
 
@@ -84,3 +88,60 @@ def test_3000_instances_with_64_character_uids_complete(stack: Stack) -> None:
     )
     largest = max(len(str(e)) for e in history["events"])
     assert largest < 64 * 1024  # every state's input and output stays small
+
+
+@pytest.mark.slow
+def test_gateway_killed_during_a_500_instance_upload_then_resent_completes_once(stack: Stack) -> None:
+    """SIGKILL to the gateway mid-request (a crashed node): the sender sees the request fail, nothing was
+    acknowledged, and a re-send of the whole study stores 500 objects, processes 500 and builds one result."""
+    uids = synthetic.StudyUids.new()
+    parts = [small_slice(uids, i) for i in range(500)]
+    boundary = stowhelp.BOUNDARY
+    sent_half = threading.Event()
+
+    def body() -> Iterator[bytes]:
+        for i, part in enumerate(parts):
+            yield f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + part + b"\r\n"
+            if i == 250:
+                sent_half.set()
+                time.sleep(5)  # the gateway dies here, half the study in its hands
+        yield f"--{boundary}--\r\n".encode()
+
+    outcome: list[object] = []
+
+    def upload() -> None:
+        try:
+            outcome.append(
+                httpx.post(
+                    f"{stack.url}/dicomweb/studies",
+                    content=body(),
+                    headers={**stack.auth, "Content-Type": stowhelp.CONTENT_TYPE},
+                    timeout=60,
+                )
+            )
+        except httpx.HTTPError as exc:
+            outcome.append(exc)
+
+    sender = threading.Thread(target=upload)
+    sender.start()
+    try:
+        assert sent_half.wait(60)
+        time.sleep(0.5)
+        stack.kill("gateway")
+    finally:
+        sender.join(60)
+        if "gateway" not in stack.supervisors:
+            stack.start("gateway")
+    assert len(outcome) == 1 and not isinstance(outcome[0], httpx.Response), outcome  # nothing acknowledged
+    response = stowhelp.stow(stack.url, stack.auth, parts)
+    assert response.status_code == 200, response.text
+    status = wait_completed(stack, uids.study, timeout_s=240)
+    assert status["runs"] == 1, status
+    s3 = stack.client("s3")
+    listed = s3.get_paginator("list_objects_v2").paginate(
+        Bucket=stack.settings.images_bucket, Prefix=f"instances/alpha/{uids.study}/"
+    )
+    assert sum(len(page.get("Contents", [])) for page in listed) == 500
+    document = httpx.get(f"{stack.url}/v1/studies/{uids.study}/results", headers=stack.auth, timeout=60).json()
+    assert len(document["instances"]) == 500
+    assert len({i["sop_instance_uid"] for i in document["instances"]}) == 500

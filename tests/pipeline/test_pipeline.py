@@ -13,6 +13,7 @@ import pydicom
 import pytest
 from pydicom.uid import UltrasoundImageStorage
 
+from infra.resources import ResourceNames
 from loadtest import synthetic
 from radstream import keys
 from tests.gateway.stowhelp import stow
@@ -207,6 +208,42 @@ def test_triton_down_then_back_completes(stack: Stack, triton_paused: int) -> No
     os.kill(triton_paused, signal.SIGCONT)
     status = stack.wait_status(uids.study, ("completed", "failed"))
     assert status["status"] == "completed", status
+
+
+def _dead_letters(stack: Stack) -> list[str]:
+    """Bodies of the messages waiting in both dead-letter queues (read without hiding them)."""
+    sqs = stack.client("sqs")
+    names = ResourceNames.from_settings(stack.settings)
+    bodies: list[str] = []
+    for name in (names.inference_dlq, names.trigger_dlq):
+        url = sqs.get_queue_url(QueueName=name)["QueueUrl"]
+        for _ in range(5):
+            got = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, VisibilityTimeout=0, WaitTimeSeconds=0)
+            bodies.extend(m["Body"] for m in got.get("Messages", []))
+            if not got.get("Messages"):
+                break
+    return bodies
+
+
+@pytest.mark.slow
+def test_twenty_studies_wait_out_an_outage_longer_than_every_deadline(stack: Stack, triton_paused: int) -> None:
+    """An outage several times the Triton request deadline (3 s) and longer than the message visibility
+    timeout (6 s), inside the outage budget (12 s), with 20 studies waiting: every one completes in one run,
+    none is failed, nothing reaches a dead-letter queue."""
+    started = time.monotonic()
+    studies = []
+    for _ in range(20):
+        uids, datasets = ct_study(1)
+        send(stack, datasets)
+        studies.append(uids.study)
+    time.sleep(max(0.0, 8.0 - (time.monotonic() - started)))
+    assert {stack.status(study)["status"] for study in studies} <= {"received", "processing"}
+    os.kill(triton_paused, signal.SIGCONT)
+    final = [stack.wait_status(study, ("completed", "failed"), timeout_s=180) for study in studies]
+    assert [s["status"] for s in final] == ["completed"] * 20, [s for s in final if s["status"] != "completed"]
+    assert all(s["runs"] == 1 and s["failure_reason"] is None for s in final), final
+    letters = _dead_letters(stack)
+    assert not [body for body in letters for study in studies if study in body], letters
 
 
 @pytest.mark.slow
