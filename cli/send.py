@@ -6,7 +6,9 @@ refused it, or it could not be sent), unreadable, or skipped (not DICOM); the DI
 the stored plus the failed ones, and anything but stored and skipped makes the command exit non-zero.
 
 A batch the gateway answers 503 (storage unavailable, or every upload slot busy) or 429 is sent again
-after its Retry-After; one whose connection failed, after a short back-off. Re-sending is safe: the
+after its Retry-After, and so are the instances of a partly stored batch (202) that the gateway refused
+with 0xA700 (out of resources: storage away for a moment), alone; a batch whose connection failed, after
+a short back-off. Re-sending is safe: the
 gateway recognises instances it stored already (identical bytes, no second copy).
 """
 
@@ -24,7 +26,7 @@ import httpx
 import pydicom
 
 from radstream.dicom import read_header, starts_with_file_meta
-from radstream.errors import DicomPartError
+from radstream.errors import DicomPartError, FailureReason
 
 FAILURE_REASON = "00081197"
 WARNING_REASON = "00081196"
@@ -235,8 +237,35 @@ class StowClient:
         )
 
 
-def record(response: httpx.Response, instances: list[LocalInstance], report: SendReport) -> None:
-    """Record what the server answered for each instance of one batch."""
+def out_of_resources(response: httpx.Response, instances: list[LocalInstance]) -> list[LocalInstance]:
+    """The instances of a batch that the server refused with 0xA700 (out of resources: storage away for a
+    moment) while it stored others: sent again, alone, after the Retry-After. Empty when the answer is not a
+    readable Store Instances Response."""
+    if not response.headers.get("content-type", "").startswith("application/dicom+json"):
+        return []
+    try:
+        body = response.json()
+    except ValueError:
+        return []
+    if not isinstance(body, dict):
+        return []
+    refused = {
+        str(_first(item, SOP_INSTANCE))
+        for item in _items(body, FAILED_SOP_SEQUENCE)
+        if _first(item, FAILURE_REASON) == FailureReason.OUT_OF_RESOURCES
+    }
+    return [i for i in instances if i.sop_instance_uid in refused]
+
+
+def record(
+    response: httpx.Response,
+    instances: list[LocalInstance],
+    report: SendReport,
+    *,
+    resent: frozenset[str] = frozenset(),
+) -> None:
+    """Record what the server answered for each instance of one batch; ``resent`` names instances it refused
+    that go out again in another request (not recorded as failed)."""
     study = instances[0].study_instance_uid
     if not response.headers.get("content-type", "").startswith("application/dicom+json"):
         detail = " ".join(response.text[:300].split())
@@ -266,6 +295,8 @@ def record(response: httpx.Response, instances: list[LocalInstance], report: Sen
         if sop is None:
             unnamed += 1
         answered.add(str(sop))
+        if str(sop) in resent:
+            continue
         comment = _first(item, ERROR_COMMENT) or ""
         report.fail(f"{sop or '?'}: {_code(_first(item, FAILURE_REASON) or 0)} {comment}".rstrip())
     # An instance the response does not mention is not stored (the same SOP twice in a batch is answered once).
@@ -323,8 +354,13 @@ async def send(
                 report.retries += 1
                 await asyncio.sleep(retry_after_s(response, tries))
                 continue
-            record(response, group, report)
-            return
+            again = [] if last else out_of_resources(response, group)
+            record(response, group, report, resent=frozenset(i.sop_instance_uid for i in again))
+            if not again:
+                return
+            report.retries += 1  # some stored, some refused for want of storage: those go again, alone
+            await asyncio.sleep(retry_after_s(response, tries))
+            group = again
 
     async def one(group: list[LocalInstance]) -> None:
         async with slots:

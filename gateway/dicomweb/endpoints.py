@@ -16,7 +16,7 @@ from gateway.dicomweb.stow import StowDep
 from gateway.errors import ErrorBody, error_responses
 from gateway.params import Uid
 from gateway.services import ServicesDep
-from radstream.errors import NotAcceptable, NotFound, ServiceBusy
+from radstream.errors import RESOURCE_REASONS, NotAcceptable, NotFound, ServiceBusy
 
 router = APIRouter(prefix="/dicomweb", tags=["DICOMweb"])
 
@@ -98,7 +98,9 @@ async def _stow(request: Request, services: ServicesDep, stow: StowDep, tenant: 
             body=request.stream(),
         )
     status = outcome.http_status
-    headers = retry_after if status == 503 else None
+    # a 503, or a 202 that refused some instances for want of storage: say when to send those again
+    short = any(f.reason in RESOURCE_REASONS for f in outcome.failed)
+    headers = retry_after if status == 503 or (status == 202 and short) else None
     body = store_instances_response(services.settings.base_url, outcome)
     return JSONResponse(body, status_code=status, media_type=DICOM_JSON, headers=headers)
 

@@ -3,6 +3,7 @@ state machine in every Lambda state, MarkFailed included, instead of failing the
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import hashlib
 import http.client
@@ -12,19 +13,26 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import httpx
 import pydicom
 import pytest
 
+from cli.send import SendReport
+from cli.send import send as send_folder
 from infra import resources
 from infra.local import lambda_runtime
 from loadtest import synthetic
 from radstream import keys
 from radstream.errors import StorageUnavailable
+from radstream.manifest import Manifest
+from tests.conftest import KEY_ALPHA
+from tests.gateway.stowhelp import stow
 from tests.pipeline.conftest import Stack
-from tests.pipeline.test_pipeline import ct_study, executions_for, send, wait_execution
+from tests.pipeline.test_pipeline import ct_study, executions_for, manifests_of, send, wait_execution
 from worker.stages import mark_failed, prepare, store, validate
 
 ASL = json.loads(resources.STATE_MACHINE_FILE.read_text())
@@ -111,6 +119,7 @@ class FlakyProxy(ThreadingHTTPServer):
         self.upstream = (parts.hostname or "127.0.0.1", int(parts.port or 80))
         self.faults: list[Fault] = []
         self.lock = threading.Lock()
+        self.down = False  # every call answered 503, as a store that is away
 
     @property
     def url(self) -> str:
@@ -132,6 +141,16 @@ class _Forward(BaseHTTPRequestHandler):
 
     def _forward(self) -> None:
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        if self.server.down:
+            target = self.headers.get("X-Amz-Target", "")
+            data = b'{"__type":"ServiceUnavailable","message":"injected"}' if target else _S3_DOWN
+            self.send_response(503)
+            self.send_header("Content-Type", "application/x-amz-json-1.0" if target else "application/xml")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(data)
+            return
         if self.server.inject(self.headers.get("X-Amz-Target", ""), body):
             data = b'{"__type":"com.amazonaws.dynamodb.v20120810#ServiceUnavailable","message":"injected"}'
             self.send_response(503)
@@ -247,3 +266,70 @@ def test_mark_failed_retries_its_status_write(stack: Stack, flaky_storage: Flaky
     assert flaky_storage.faults[0].served == attempts
     assert wait_execution(stack, uids.study) == "FAILED"
     assert scheduled(stack, uids.study, "mark-failed") == 2  # the first try and one retry
+
+
+_S3_DOWN = (
+    b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>ServiceUnavailable</Code><Message>injected</Message></Error>"
+)
+
+
+@pytest.fixture
+def storage_for_the_gateway(stack: Stack) -> Iterator[FlakyProxy]:
+    """The gateway reaches AWS through a FlakyProxy (whose ``down`` fails every call) for one test."""
+    assert stack.settings.aws_endpoint_url is not None
+    proxy = FlakyProxy(stack.settings.aws_endpoint_url)
+    threading.Thread(target=proxy.serve_forever, name="gateway-storage-proxy", daemon=True).start()
+    original = stack.specs["gateway"]
+    stack.stop("gateway")
+    stack.specs["gateway"] = dataclasses.replace(
+        original,
+        env={**original.env, "RADSTREAM_AWS_ENDPOINT_URL": proxy.url, "RADSTREAM_STORAGE_RETRY_AFTER_S": "1"},
+    )
+    try:
+        stack.start("gateway")
+        yield proxy
+    finally:
+        proxy.down = False
+        stack.stop("gateway")
+        stack.specs["gateway"] = original
+        stack.start("gateway")
+        proxy.shutdown()
+        proxy.server_close()
+
+
+@pytest.mark.slow
+def test_storage_away_during_uploads_503_then_every_instance_stored_once_after_the_resend(
+    stack: Stack, storage_for_the_gateway: FlakyProxy, tmp_path: Path
+) -> None:
+    """The store stops answering (every call 503) while ``radstream send`` uploads 40 slices in requests of 10:
+    the gateway answers 503 with Retry-After, the sender waits and sends again, and once the store is back
+    every instance is stored, listed in exactly one manifest, and inferred once, in one result."""
+    uids, datasets = ct_study(40, rows=32)
+    for i, ds in enumerate(datasets):
+        ds.save_as(tmp_path / f"{i:03}.dcm", enforce_file_format=True)
+    proxy = storage_for_the_gateway
+    proxy.down = True
+    refused = stow(stack.url, stack.auth, [synthetic.to_bytes(datasets[0])])
+    assert refused.status_code == 503 and int(refused.headers["retry-after"]) >= 1, refused.text
+    assert refused.json()["00081198"]["Value"]  # the instance is answered as failed, none as stored
+
+    async def upload() -> SendReport:
+        sending = asyncio.create_task(send_folder([tmp_path], url=stack.url, api_key=KEY_ALPHA, retries=30))
+        await asyncio.sleep(6)  # the outage, seen by every request of the first round
+        proxy.down = False
+        return await sending
+
+    report = asyncio.run(upload())
+    assert report.stored == 40 and report.failed == 0, report.failures
+    assert report.retries >= 4, report  # each of the first four requests was refused at least once
+    status = stack.wait_status(uids.study, ("completed", "failed"))
+    assert status["status"] == "completed", status
+    document = httpx.get(f"{stack.url}/v1/studies/{uids.study}/results", headers=stack.auth, timeout=30).json()
+    sops = [i["sop_instance_uid"] for i in document["instances"]]
+    assert sorted(sops) == sorted(ds.SOPInstanceUID for ds in datasets)
+    s3 = stack.client("s3")
+    listed: list[str] = []
+    for key in manifests_of(stack, uids.study):
+        body = s3.get_object(Bucket=stack.settings.images_bucket, Key=key)["Body"].read()
+        listed += [i.sop_instance_uid for i in Manifest.model_validate_json(body).instances]
+    assert sorted(listed) == sorted(sops)  # claimed once each: none processed twice

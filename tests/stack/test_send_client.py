@@ -307,3 +307,29 @@ def test_answers_naming_some_instances_and_odd_reason_values(three: tuple[list[P
     assert report.stored == 1 and report.failed == 2
     assert any("0xC000 as text" in line for line in report.failures)
     assert any("does not mention 1 of the instances" in line and sops[2] in line for line in report.failures)
+
+
+def test_instances_refused_for_want_of_storage_in_a_partial_answer_go_again_alone(
+    three: tuple[list[Path], list[str]],
+) -> None:
+    paths, sops = three
+    answers = [
+        (202, "application/dicom+json", _response([sops[0]], [(sops[1], 0xA700), (sops[2], 0xC000)])),
+        (200, "application/dicom+json", _response([sops[1]], [])),
+    ]
+    stub = Stub(answers, headers={"Retry-After": "0"})
+    with stub as url:
+        report = asyncio.run(client.send(paths, url=url, api_key="k", batch=3))
+    assert report.stored == 2 and report.failed == 1 and report.retries == 1, report
+    resent = stub.bodies[1]
+    assert sops[1].encode() in resent and sops[0].encode() not in resent and sops[2].encode() not in resent
+    assert len(report.failures) == 1 and sops[2] in report.failures[0]  # 0xC000 is not sent again
+
+
+def test_a_refusal_for_want_of_storage_on_the_last_try_is_a_failure(three: tuple[list[Path], list[str]]) -> None:
+    paths, sops = three
+    partial = (202, "application/dicom+json", _response(sops[:2], [(sops[2], 0xA700)]))
+    with Stub([partial, (202, "application/dicom+json", _response([], [(sops[2], 0xA700)]))]) as url:
+        report = asyncio.run(client.send(paths, url=url, api_key="k", batch=3, retries=1))
+    assert report.stored == 2 and report.failed == 1 and report.retries == 1
+    assert "0xA700" in report.failures[0]
