@@ -145,3 +145,19 @@ def test_gateway_killed_during_a_500_instance_upload_then_resent_completes_once(
     document = httpx.get(f"{stack.url}/v1/studies/{uids.study}/results", headers=stack.auth, timeout=60).json()
     assert len(document["instances"]) == 500
     assert len({i["sop_instance_uid"] for i in document["instances"]}) == 500
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_10000_instances_in_one_request_complete(stack: Stack) -> None:
+    """The most parts the gateway accepts in one request, through the gateway: every instance stored,
+    inferred and in the one result."""
+    uids = synthetic.StudyUids.new()
+    parts = [small_slice(uids, i) for i in range(10_000)]
+    response = stowhelp.stow(stack.url, stack.auth, parts, timeout=600)
+    assert response.status_code == 200, response.text[:500]
+    assert len(stowhelp.referenced(response.json())) == 10_000
+    status = wait_completed(stack, uids.study, timeout_s=780)
+    assert status["runs"] == 1, status
+    document = httpx.get(f"{stack.url}/v1/studies/{uids.study}/results", headers=stack.auth, timeout=120).json()
+    assert len({i["sop_instance_uid"] for i in document["instances"]}) == 10_000
