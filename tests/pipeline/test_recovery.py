@@ -4,6 +4,8 @@ acknowledged is processed twice, and a lost trigger or a run without its executi
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -129,9 +131,12 @@ async def test_a_run_whose_execution_never_started_is_started(stack: Stack, trig
     assert execution["name"] == execution_name("alpha", uids.study, run.run_id)
 
 
-async def test_a_run_whose_execution_ended_without_ending_it_is_closed(stack: Stack, trigger_lost: None) -> None:
+async def test_a_run_whose_execution_ended_without_ending_it_is_closed(
+    stack: Stack, trigger_lost: None, triton_paused: int
+) -> None:
     """An execution that ends without MarkFailed (over the payload limit, or stopped): the reconciler ends
-    the run as failed with a reason that says so, and a reprocess brings the study back."""
+    the run as failed with a reason that says so, and a reprocess brings the study back. Triton is paused
+    so that the execution is still running (in RunInference) when the test stops it."""
     uids, datasets = ct_study(1)
     send(stack, datasets)
     async with open_clients(stack.settings) as ctx:
@@ -142,6 +147,7 @@ async def test_a_run_whose_execution_ended_without_ending_it_is_closed(stack: St
     sfn = stack.client("stepfunctions")
     (execution,) = executions_for(stack, uids.study)
     sfn.stop_execution(executionArn=execution["executionArn"], error="Test", cause="stopped by the test")
+    os.kill(triton_paused, signal.SIGCONT)
     status = await asyncio.to_thread(stack.wait_status, uids.study, ("failed",), 60)
     assert "the run's execution ended ABORTED" in status["failure_reason"], status
     await asyncio.to_thread(reprocess_and_complete, stack, uids.study)
