@@ -186,21 +186,27 @@ class _Forward(BaseHTTPRequestHandler):
 @pytest.fixture
 def flaky_storage(stack: Stack) -> Iterator[FlakyProxy]:
     """The Lambda runtime reaches AWS through a FlakyProxy for the duration of a test."""
+    yield from _behind_proxy(stack, "lambda-runtime")
+
+
+def _behind_proxy(stack: Stack, process: str, **env: str) -> Iterator[FlakyProxy]:
+    """Restart ``process`` to reach AWS through a FlakyProxy (and with ``env``); restart it direct after."""
     assert stack.settings.aws_endpoint_url is not None
     proxy = FlakyProxy(stack.settings.aws_endpoint_url)
-    threading.Thread(target=proxy.serve_forever, name="flaky-proxy", daemon=True).start()
-    original = stack.specs["lambda-runtime"]
-    stack.stop("lambda-runtime")
-    stack.specs["lambda-runtime"] = dataclasses.replace(
-        original, env={**original.env, "RADSTREAM_AWS_ENDPOINT_URL": proxy.url}
+    threading.Thread(target=proxy.serve_forever, name=f"{process}-proxy", daemon=True).start()
+    original = stack.specs[process]
+    stack.stop(process)
+    stack.specs[process] = dataclasses.replace(
+        original, env={**original.env, "RADSTREAM_AWS_ENDPOINT_URL": proxy.url, **env}
     )
     try:
-        stack.start("lambda-runtime")
+        stack.start(process)
         yield proxy
     finally:
-        stack.stop("lambda-runtime")
-        stack.specs["lambda-runtime"] = original
-        stack.start("lambda-runtime")
+        proxy.down = False
+        stack.stop(process)
+        stack.specs[process] = original
+        stack.start(process)
         proxy.shutdown()
         proxy.server_close()
 
@@ -276,25 +282,7 @@ _S3_DOWN = (
 @pytest.fixture
 def storage_for_the_gateway(stack: Stack) -> Iterator[FlakyProxy]:
     """The gateway reaches AWS through a FlakyProxy (whose ``down`` fails every call) for one test."""
-    assert stack.settings.aws_endpoint_url is not None
-    proxy = FlakyProxy(stack.settings.aws_endpoint_url)
-    threading.Thread(target=proxy.serve_forever, name="gateway-storage-proxy", daemon=True).start()
-    original = stack.specs["gateway"]
-    stack.stop("gateway")
-    stack.specs["gateway"] = dataclasses.replace(
-        original,
-        env={**original.env, "RADSTREAM_AWS_ENDPOINT_URL": proxy.url, "RADSTREAM_STORAGE_RETRY_AFTER_S": "1"},
-    )
-    try:
-        stack.start("gateway")
-        yield proxy
-    finally:
-        proxy.down = False
-        stack.stop("gateway")
-        stack.specs["gateway"] = original
-        stack.start("gateway")
-        proxy.shutdown()
-        proxy.server_close()
+    yield from _behind_proxy(stack, "gateway", RADSTREAM_STORAGE_RETRY_AFTER_S="1")
 
 
 @pytest.mark.slow
