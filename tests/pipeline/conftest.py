@@ -6,6 +6,7 @@ timeouts so failure paths finish in seconds. Every process logs to a file the PH
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -95,6 +96,20 @@ class Stack:
 
     def stop(self, name: str) -> None:
         self.supervisors.pop(name).stop()
+
+    @contextlib.contextmanager
+    def restarted(self, name: str, **env: str) -> Iterator[None]:
+        """Restart ``name`` with ``env`` added to its environment; restart it as it was afterwards."""
+        original = self.specs[name]
+        self.stop(name)
+        self.specs[name] = dataclasses.replace(original, env={**original.env, **env})
+        try:
+            self.start(name)
+            yield
+        finally:
+            self.stop(name)
+            self.specs[name] = original
+            self.start(name)
 
     def kill(self, name: str) -> None:
         """SIGKILL, as a crashed node would: no clean-up runs."""

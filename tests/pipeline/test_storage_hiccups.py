@@ -194,19 +194,11 @@ def _behind_proxy(stack: Stack, process: str, **env: str) -> Iterator[FlakyProxy
     assert stack.settings.aws_endpoint_url is not None
     proxy = FlakyProxy(stack.settings.aws_endpoint_url)
     threading.Thread(target=proxy.serve_forever, name=f"{process}-proxy", daemon=True).start()
-    original = stack.specs[process]
-    stack.stop(process)
-    stack.specs[process] = dataclasses.replace(
-        original, env={**original.env, "RADSTREAM_AWS_ENDPOINT_URL": proxy.url, **env}
-    )
     try:
-        stack.start(process)
-        yield proxy
+        with stack.restarted(process, RADSTREAM_AWS_ENDPOINT_URL=proxy.url, **env):
+            yield proxy
     finally:
         proxy.down = False
-        stack.stop(process)
-        stack.specs[process] = original
-        stack.start(process)
         proxy.shutdown()
         proxy.server_close()
 
@@ -279,6 +271,9 @@ _S3_DOWN = (
 )
 
 
+STORAGE_OUTAGE_S = 60  # the issue's figure: storage unavailable for 60 s during uploads
+
+
 @pytest.fixture
 def storage_for_the_gateway(stack: Stack) -> Iterator[FlakyProxy]:
     """The gateway reaches AWS through a FlakyProxy (whose ``down`` fails every call) for one test."""
@@ -289,7 +284,7 @@ def storage_for_the_gateway(stack: Stack) -> Iterator[FlakyProxy]:
 def test_storage_away_during_uploads_503_then_every_instance_stored_once_after_the_resend(
     stack: Stack, storage_for_the_gateway: FlakyProxy, tmp_path: Path
 ) -> None:
-    """The store stops answering (every call 503) while ``radstream send`` uploads 40 slices in requests of 10:
+    """The store stops answering (every call 503) for 60 s while ``radstream send`` uploads 40 slices in requests of 10:
     the gateway answers 503 with Retry-After, the sender waits and sends again, and once the store is back
     every instance is stored, listed in exactly one manifest, and inferred once, in one result."""
     uids, datasets = ct_study(40, rows=32)
@@ -302,8 +297,8 @@ def test_storage_away_during_uploads_503_then_every_instance_stored_once_after_t
     assert refused.json()["00081198"]["Value"]  # the instance is answered as failed, none as stored
 
     async def upload() -> SendReport:
-        sending = asyncio.create_task(send_folder([tmp_path], url=stack.url, api_key=KEY_ALPHA, retries=30))
-        await asyncio.sleep(6)  # the outage, seen by every request of the first round
+        sending = asyncio.create_task(send_folder([tmp_path], url=stack.url, api_key=KEY_ALPHA, retries=60))
+        await asyncio.sleep(STORAGE_OUTAGE_S)  # the outage, seen by every request of the first round
         proxy.down = False
         return await sending
 
