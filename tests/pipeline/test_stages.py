@@ -7,6 +7,7 @@ import io
 import json
 import re
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import numpy as np
 import pydicom
@@ -20,7 +21,17 @@ from tests.pipeline.conftest import Stack
 from worker.formats import outputs as output_codec
 from worker.formats import prepared as prepared_codec
 from worker.formats.errors import ManifestInvalid
-from worker.formats.plan import OutputsIndex, Plan, PlanItem, ShardResult, effective
+from worker.formats.plan import (
+    MAX_SHARDS,
+    PREPARE_BATCH,
+    PREPARE_CONCURRENCY,
+    OutputsIndex,
+    Plan,
+    PlanItem,
+    ShardResult,
+    effective,
+    shard_count,
+)
 from worker.formats.types import InstanceOutput
 from worker.stages import mark_failed, prepare, runs, store, validate
 
@@ -270,3 +281,30 @@ async def test_results_list_every_run_and_keep_a_sop_uid_repeated_in_two_series(
     latest = effective([*indexes, full], "lesion_detector")
     assert set(latest) == {items[2].key}  # the full run superseded the runs before it
     assert effective([*indexes, full], "another_model") == {}
+
+
+@pytest.mark.parametrize("items", [0, 1, 15, 16, 17, 64, 65, 199, 200, 1000, 1024, 1025, 3000, 10_000])
+def test_shards_cover_every_item_once_in_whole_waves_of_the_map(items: int) -> None:
+    shards = shard_count(items)
+    plan = Plan(
+        run_id="r", seq=1, full=True, model="m", items=[_item(i) for i in range(items)], routed=[], shards=shards
+    )
+    ranges = [plan.shard_items(shard) for shard in range(shards)]
+    assert [i for r in ranges for i in r] == list(range(items))  # each once, in order
+    sizes = [len(r) for r in ranges]
+    assert not sizes or max(sizes) - min(sizes) <= 1
+    assert shards <= MAX_SHARDS
+    if items <= MAX_SHARDS * PREPARE_BATCH:
+        assert not sizes or max(sizes) <= PREPARE_BATCH
+    if shards > PREPARE_CONCURRENCY:
+        assert shards % PREPARE_CONCURRENCY == 0  # no last wave of one short shard
+    assert plan.shard_items(shards) == range(0)
+
+
+def test_the_map_state_runs_as_many_shards_at_once_as_the_shards_are_sized_for() -> None:
+    definition = json.loads(Path("infra/statemachine/pipeline.asl.json").read_text())
+    assert definition["States"]["PrepareTensors"]["MaxConcurrency"] == PREPARE_CONCURRENCY
+
+
+def _item(i: int) -> PlanItem:
+    return PlanItem(key=f"k/{i}", sop=f"1.2.{i}", series="1.2", sha256="0" * 64)

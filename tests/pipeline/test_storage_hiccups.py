@@ -4,7 +4,6 @@ state machine in every Lambda state, MarkFailed included, instead of failing the
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import hashlib
 import http.client
 import io

@@ -15,8 +15,9 @@ import math
 
 from pydantic import BaseModel, Field
 
-PREPARE_BATCH = 16  # instances per PrepareTensors shard, until there are MAX_SHARDS shards
+PREPARE_BATCH = 16  # instances per PrepareTensors shard at most, until there are MAX_SHARDS shards
 MAX_SHARDS = 64  # the Map state's items (and results) are bounded whatever the study's size
+PREPARE_CONCURRENCY = 4  # the PrepareTensors Map state's MaxConcurrency (infra/statemachine/pipeline.asl.json)
 
 
 class PlanItem(BaseModel):
@@ -37,13 +38,20 @@ class Plan(BaseModel):
     shards: int
 
     def shard_items(self, shard: int) -> range:
-        """The positions in ``items`` of one shard's instances (contiguous)."""
-        size = math.ceil(len(self.items) / self.shards) if self.shards else 0
-        return range(min(shard * size, len(self.items)), min((shard + 1) * size, len(self.items)))
+        """The positions in ``items`` of one shard's instances: contiguous, shard sizes differing by one at most."""
+        if not 0 <= shard < self.shards:
+            return range(0)
+        return range(shard * len(self.items) // self.shards, (shard + 1) * len(self.items) // self.shards)
 
 
 def shard_count(items: int) -> int:
-    return min(MAX_SHARDS, math.ceil(items / PREPARE_BATCH))
+    """Shards of at most PREPARE_BATCH instances, in whole waves of the Map state: 200 instances are 16
+    shards of 12 or 13 (four waves of four), not 12 of 16 and a last wave of one shard of 8, which takes
+    about as long as a full wave while the other three invocations' capacity stands idle."""
+    shards = min(MAX_SHARDS, math.ceil(items / PREPARE_BATCH))
+    if shards > PREPARE_CONCURRENCY:
+        shards = min(MAX_SHARDS, math.ceil(shards / PREPARE_CONCURRENCY) * PREPARE_CONCURRENCY)
+    return shards
 
 
 class ShardResult(BaseModel):

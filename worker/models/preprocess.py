@@ -92,7 +92,7 @@ def decode_frame(ds: Dataset, apply_rescale: bool = True) -> tuple[npt.NDArray[A
         if arr.ndim == 3 and arr.shape[-1] == 3:
             out = arr.astype(np.float64) @ LUMINANCE
         elif arr.ndim == 2:
-            out = (apply_modality_lut(arr, ds) if apply_rescale else arr).astype(np.float64)
+            out = (apply_modality_lut(arr, ds) if apply_rescale else arr).astype(np.float64, copy=False)
         else:
             raise PreprocessError(f"unsupported pixel array shape {arr.shape}")
     except PreprocessError:
@@ -171,9 +171,11 @@ def to_tensor(pixels: npt.NDArray[Any], ds: Dataset, spec: ModelSpec) -> npt.NDA
     """Window, invert, resize and normalise decoded pixels into the model's (1, H, W) float32 input."""
     options = spec.preprocessing
     low, high = window_bounds(pixels, ds, options)
-    image = np.clip((pixels - low) / (high - low), 0.0, 1.0)
+    image = pixels - low  # one new array, then in place: the same values, a third of the allocations
+    np.divide(image, high - low, out=image)
+    np.clip(image, 0.0, 1.0, out=image)
     if options.invert_monochrome1 and ds.get("PhotometricInterpretation") == "MONOCHROME1":
-        image = 1.0 - image
+        np.subtract(1.0, image, out=image)
     height, width = spec.image_size
     image = resize(image, height, width)
     image = (image - options.mean) / options.std

@@ -25,6 +25,8 @@ def dataset_to_bytes(dataset: Dataset) -> bytes:
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
     copy = Dataset(dataset)
+    implicit, little = dataset.original_encoding
+    copy.set_original_encoding(implicit, little, dataset.original_character_set)  # raw elements are written raw
     copy.file_meta = meta
     buffer = BytesIO()
     pydicom.dcmwrite(buffer, copy, enforce_file_format=True)

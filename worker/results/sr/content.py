@@ -9,6 +9,7 @@ Imaging Measurements. :mod:`worker.results.sr.sop` puts them into the document.
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -23,6 +24,7 @@ from worker.formats.types import InstanceOutput
 from worker.models.preprocess import analysed_frame_number
 from worker.results import codes
 from worker.results._sources import AnalysedInstance
+from worker.results.sr.encoded import Item
 
 
 def _dcm(value: str, meaning: str) -> CodedConcept:
@@ -72,6 +74,7 @@ def scoord_point(output: InstanceOutput, header: Dataset) -> npt.NDArray[np.floa
 
 
 def _code(concept: CodedConcept) -> Dataset:
+    """A code sequence item as a pydicom dataset (for the attributes pydicom builds around the content)."""
     item = Dataset()
     item.CodeValue = concept.CodeValue
     item.CodingSchemeDesignator = concept.CodingSchemeDesignator
@@ -81,40 +84,49 @@ def _code(concept: CodedConcept) -> Dataset:
     return item
 
 
-def _item(relationship: str | None, value_type: str, name: CodedConcept, **values: Any) -> Dataset:
-    item = Dataset()
-    if relationship is not None:
-        item.RelationshipType = relationship
-    item.ValueType = value_type
-    item.ConceptNameCodeSequence = [_code(name)]
-    for keyword, value in values.items():
-        setattr(item, keyword, value)
+def _coded(concept: CodedConcept) -> Item:
+    """A code sequence item of the content tree."""
+    version = concept.get("CodingSchemeVersion")
+    return _coded_item(concept.CodeValue, concept.CodingSchemeDesignator, version, concept.CodeMeaning)
+
+
+@lru_cache(maxsize=128)
+def _coded_item(value: str, scheme: str, version: str | None, meaning: str) -> Item:
+    """One item per code: the groups of a report share them (items are not changed once built)."""
+    item = Item(CodeValue=value, CodingSchemeDesignator=scheme)
+    if version is not None:
+        item["CodingSchemeVersion"] = version
+    item["CodeMeaning"] = meaning
     return item
 
 
-def _code_item(relationship: str, name: CodedConcept, value: CodedConcept) -> Dataset:
-    return _item(relationship, "CODE", name, ConceptCodeSequence=[_code(value)])
+def _item(relationship: str | None, value_type: str, name: CodedConcept, **values: Any) -> Item:
+    item = Item(ValueType=value_type, ConceptNameCodeSequence=[_coded(name)], **values)
+    if relationship is not None:
+        item["RelationshipType"] = relationship
+    return item
 
 
-def _text_item(relationship: str, name: CodedConcept, text: str) -> Dataset:
+def _code_item(relationship: str, name: CodedConcept, value: CodedConcept) -> Item:
+    return _item(relationship, "CODE", name, ConceptCodeSequence=[_coded(value)])
+
+
+def _text_item(relationship: str, name: CodedConcept, text: str) -> Item:
     return _item(relationship, "TEXT", name, TextValue=text)
 
 
-def _uid_item(relationship: str, name: CodedConcept, uid: str) -> Dataset:
+def _uid_item(relationship: str, name: CodedConcept, uid: str) -> Item:
     return _item(relationship, "UIDREF", name, UID=uid)
 
 
-def _container(relationship: str | None, name: CodedConcept, template: str | None = None) -> Dataset:
+def _container(relationship: str | None, name: CodedConcept, template: str | None = None) -> Item:
     item = _item(relationship, "CONTAINER", name, ContinuityOfContent="CONTINUOUS")
     if template is not None:
-        reference = Dataset()
-        reference.MappingResource = "DCMR"
-        reference.TemplateIdentifier = template
-        item.ContentTemplateSequence = [reference]
+        item["ContentTemplateSequence"] = [Item(MappingResource="DCMR", TemplateIdentifier=template)]
     return item
 
 
-def _algorithm(name: str, version: str) -> list[Dataset]:
+def _algorithm(name: str, version: str) -> list[Item]:
     """TID 4019 Algorithm Identification."""
     return [
         _text_item("HAS CONCEPT MOD", _ALGORITHM_NAME, name),
@@ -122,35 +134,36 @@ def _algorithm(name: str, version: str) -> list[Dataset]:
     ]
 
 
-def _measurement_group(item: AnalysedInstance, index: int, threshold: float) -> Dataset:
-    """TID 1410 Planar ROI Measurements and Qualitative Evaluations, for one image."""
+def _measurement_group(
+    item: AnalysedInstance, index: int, threshold: float, algorithm: list[Item], finding: Item
+) -> Item:
+    """TID 1410 Planar ROI Measurements and Qualitative Evaluations, for one image (``algorithm`` and
+    ``finding``: the items every group shares)."""
     header, output = item.header, item.output
-    name, version = output.model_name, output.model_version
     probability = round(output.probability, 6)
 
-    measured = Dataset()
-    measured.MeasurementUnitsCodeSequence = [_code(codes.NO_UNITS)]
-    measured.NumericValue = DS(probability, auto_format=True)
-    measured.FloatingPointValue = probability
+    measured = Item(
+        MeasurementUnitsCodeSequence=[_coded(codes.NO_UNITS)],
+        NumericValue=str(DS(probability, auto_format=True)),
+        FloatingPointValue=probability,
+    )
     measurement = _item("CONTAINS", "NUM", codes.PROBABILITY, MeasuredValueSequence=[measured])
-    measurement.ContentSequence = _algorithm(name, version)
+    measurement["ContentSequence"] = algorithm
 
-    image = Dataset()
-    image.ReferencedSOPClassUID = str(header.SOPClassUID)
-    image.ReferencedSOPInstanceUID = str(header.SOPInstanceUID)
+    image = Item(ReferencedSOPClassUID=str(header.SOPClassUID), ReferencedSOPInstanceUID=str(header.SOPInstanceUID))
     frame = analysed_frame_number(header)
     if frame is not None:  # the point is on the frame the model saw (Image Reference Macro, type 1C)
-        image.ReferencedFrameNumber = frame
+        image["ReferencedFrameNumber"] = str(frame)
     source = _item("SELECTED FROM", "IMAGE", _SOURCE, ReferencedSOPSequence=[image])
     region = _item("CONTAINS", "SCOORD", _IMAGE_REGION, ContentSequence=[source], GraphicType="POINT")
-    region.GraphicData = [float(v) for v in scoord_point(output, header).flatten()]
+    region["GraphicData"] = [float(v) for v in scoord_point(output, header).flatten()]
 
     group = _container("CONTAINS", _MEASUREMENT_GROUP, template="1410")
-    group.ContentSequence = [
+    group["ContentSequence"] = [
         _text_item("HAS OBS CONTEXT", _TRACKING_IDENTIFIER, f"Lesion peak {index}"),
         _uid_item("HAS OBS CONTEXT", _TRACKING_UID, str(UID())),
-        _code_item("CONTAINS", _FINDING, codes.LESION),
-        *_algorithm(name, version),
+        finding,
+        *algorithm,
         measurement,
         _code_item("CONTAINS", codes.LESION, codes.PRESENT if output.probability >= threshold else codes.ABSENT),
         region,
@@ -158,13 +171,14 @@ def _measurement_group(item: AnalysedInstance, index: int, threshold: float) -> 
     return group
 
 
-def _report_content(analysed: list[AnalysedInstance], threshold: float) -> list[Dataset]:
+def _report_content(analysed: list[AnalysedInstance], threshold: float) -> list[Item]:
     """The root container's items: TID 1500 rows 2-6 (language, observer, procedure, library, measurements)."""
     first = analysed[0].output
     name, version = first.model_name, first.model_version
+    algorithm, finding = _algorithm(name, version), _code_item("CONTAINS", _FINDING, codes.LESION)
     measurements = _container("CONTAINS", IMAGING_MEASUREMENTS)
-    measurements.ContentSequence = [
-        _measurement_group(item, index, threshold) for index, item in enumerate(analysed, start=1)
+    measurements["ContentSequence"] = [
+        _measurement_group(item, index, threshold, algorithm, finding) for index, item in enumerate(analysed, start=1)
     ]
     return [
         _code_item("HAS CONCEPT MOD", _LANGUAGE, _ENGLISH_US),

@@ -35,6 +35,7 @@ from worker.formats.types import InstanceOutput
 from worker.results import codes
 from worker.results._sources import TYPE2_PATIENT_AND_STUDY, pair
 from worker.results.sr.content import _REPORT, _code, _container, _dcm, _report_content
+from worker.results.sr.encoded import character_set, mark_explicit_little, raw_sequence, to_dataset
 
 DEFAULT_SR_SERIES_NUMBER = 9001
 
@@ -240,8 +241,13 @@ def build_sr(
     sr.VerificationFlag = "UNVERIFIED"
     sr.PreliminaryFlag = "PRELIMINARY"
 
+    charset = character_set(sr)
     root = _container(None, _REPORT, template="1500")  # the document root has no relationship type
-    for element in root:
+    for element in to_dataset(root, charset):
         sr.add(element)
-    sr.ContentSequence = _report_content(analysed, threshold)
+    # the content tree, encoded as it is built (worker/results/sr/encoded.py): pydicom writes the raw
+    # element as it is when the document is marked as Explicit VR Little Endian in its own character set
+    content = raw_sequence("ContentSequence", _report_content(analysed, threshold), charset)
+    sr[content.tag] = content
+    mark_explicit_little(sr)
     return sr
