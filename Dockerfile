@@ -9,6 +9,7 @@
 # Lambda:  CMD is the handler (CloudFormation ImageConfig.Command), one of infra/resources.py
 #          LAMBDA_FUNCTIONS: worker.stages.main.start_pipeline, worker.stages.main.validate_metadata,
 #          worker.stages.main.prepare_tensors, worker.stages.main.store_results, worker.stages.main.mark_failed,
+#          worker.stages.main.export_results,
 #          worker.stages.main.reconcile
 #
 # Both images carry the model specs (triton/models/<model>/spec.json, nothing else of triton/: Triton

@@ -149,11 +149,17 @@ def _fail(message: str) -> typer.Exit:
     return typer.Exit(1)
 
 
-def _get(path: str, url: str | None, api_key: str | None, *, method: str = "GET") -> httpx.Response:
+def _get(
+    path: str, url: str | None, api_key: str | None, *, method: str = "GET", body: dict[str, Any] | None = None
+) -> httpx.Response:
     base = _url(url)
     try:
         response = httpx.request(
-            method, f"{base}{path}", headers={"Authorization": f"Bearer {_api_key(api_key)}"}, timeout=30.0
+            method,
+            f"{base}{path}",
+            headers={"Authorization": f"Bearer {_api_key(api_key)}"},
+            json=body,
+            timeout=30.0,
         )
     except httpx.HTTPError as exc:
         raise _fail(f"cannot reach the gateway at {base}: {type(exc).__name__}: {exc}") from None
@@ -181,6 +187,18 @@ def status(study_uid: str, url: UrlOpt = None, api_key: KeyOpt = None) -> None:
 def reprocess(study_uid: str, url: UrlOpt = None, api_key: KeyOpt = None) -> None:
     """Run the pipeline over a study again, inferring every instance (after a failure, or a new model)."""
     _print_json(_get(f"/v1/studies/{study_uid}/reprocess", url, api_key, method="POST"))
+
+
+@app.command()
+def export(
+    study_uid: str,
+    url: UrlOpt = None,
+    api_key: KeyOpt = None,
+    to: Annotated[str | None, typer.Option("--to", help="one destination's name (default: every one)")] = None,
+) -> None:
+    """Send a study's results (SR and SEG) to its export destinations again; `radstream status` follows them."""
+    body = None if to is None else {"destination": to}
+    _print_json(_get(f"/v1/studies/{study_uid}/exports", url, api_key, method="POST", body=body))
 
 
 @app.command()

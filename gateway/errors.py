@@ -24,7 +24,8 @@ _DESCRIPTIONS = {
     401: "Missing or unknown API key (Authorization: Bearer <key>)",
     404: "No such study, series or instance for this tenant",
     406: "None of the media types in Accept can be produced",
-    409: "No instance stored: every part conflicts with what is stored or with the request",
+    409: "Conflict: for STOW-RS, no instance stored (every part conflicts with what is stored or with the "
+    "request); for an export, nothing to send (no results yet, or no destination configured)",
     413: "The request body is larger than the configured limit",
     415: 'Unsupported media type: send multipart/related; type="application/dicom"',
     500: "The object store or the status table refused the request (permissions, a missing bucket or table): "

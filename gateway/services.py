@@ -15,7 +15,9 @@ from gateway.auth import KeyRing
 from gateway.metrics import Metrics
 from radstream.aws.dynamodb import StatusStore
 from radstream.aws.s3 import ObjectStore
+from radstream.aws.stepfunctions import StepFunctions
 from radstream.clients import open_clients
+from radstream.destinations import DicomwebDestination, DimseDestination
 from radstream.settings import Settings
 from radstream.telemetry import BufferedTelemetry
 
@@ -32,6 +34,8 @@ class Services:
     status: StatusStore
     telemetry: BufferedTelemetry
     stow_slots: asyncio.Semaphore
+    stepfunctions: StepFunctions
+    destinations: list[DicomwebDestination | DimseDestination]
 
 
 @asynccontextmanager
@@ -50,6 +54,8 @@ async def build_services(settings: Settings, keyring: KeyRing, metrics: Metrics)
             status=clients.status,
             telemetry=telemetry,
             stow_slots=asyncio.Semaphore(settings.max_concurrent_stow_requests),
+            stepfunctions=clients.stepfunctions,
+            destinations=clients.destinations,
         )
 
 

@@ -77,6 +77,7 @@ LAMBDA_FUNCTIONS: dict[str, tuple[str, str | None]] = {
     "prepare-tensors": ("worker.stages.main.prepare_tensors", "PrepareTensorsFunctionArn"),
     "store-results": ("worker.stages.main.store_results", "StoreResultsFunctionArn"),
     "mark-failed": ("worker.stages.main.mark_failed", "MarkFailedFunctionArn"),
+    "export": ("worker.stages.main.export_results", "ExportFunctionArn"),
     "reconcile": ("worker.stages.main.reconcile", None),
 }
 STATE_MACHINE_FILE = Path(__file__).resolve().parent / "statemachine" / "pipeline.asl.json"

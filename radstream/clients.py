@@ -13,10 +13,12 @@ from typing import Any
 
 from radstream.aws import config
 from radstream.aws.dynamodb import StatusStore
+from radstream.aws.errors import translate
 from radstream.aws.kinesis import TelemetryStream
 from radstream.aws.s3 import ObjectStore
 from radstream.aws.sqs import MessageQueue
 from radstream.aws.stepfunctions import StepFunctions
+from radstream.destinations import DicomwebDestination, DimseDestination, parse_destinations
 from radstream.settings import Settings
 
 DEFAULT_S3_CONNECTIONS = 64
@@ -31,9 +33,23 @@ class Clients:
     telemetry: TelemetryStream
     stepfunctions: StepFunctions
     _sqs: Any  # open its queues with :meth:`queue`
+    destinations: list[DicomwebDestination | DimseDestination]
 
     async def queue(self, name: str) -> MessageQueue:
         return await MessageQueue.named(self._sqs, name)
+
+
+async def _destinations(settings: Settings, session: Any) -> list[DicomwebDestination | DimseDestination]:
+    """The export destinations: from Secrets Manager when a secret is named, else from the setting."""
+    if settings.export_destinations_secret_arn:
+        async with session.client("secretsmanager", **config.client_kwargs(settings)) as secrets:
+            try:
+                secret = await secrets.get_secret_value(SecretId=settings.export_destinations_secret_arn)
+            except Exception as exc:
+                raise translate(exc, "GetSecretValue") from exc
+        return parse_destinations(secret.get("SecretString"))
+    raw = settings.export_destinations
+    return parse_destinations(None if raw is None else raw.get_secret_value())
 
 
 @asynccontextmanager
@@ -50,6 +66,7 @@ async def open_clients(settings: Settings, *, s3_connections: int = DEFAULT_S3_C
         kinesis = await stack.enter_async_context(session.client("kinesis", **kwargs))
         sfn = await stack.enter_async_context(session.client("stepfunctions", **kwargs))
         sqs = await stack.enter_async_context(session.client("sqs", **kwargs))
+        destinations = await _destinations(settings, session)
         yield Clients(
             settings=settings,
             images=ObjectStore(s3, settings.images_bucket, kms_key_id=settings.kms_key_id),
@@ -58,4 +75,5 @@ async def open_clients(settings: Settings, *, s3_connections: int = DEFAULT_S3_C
             telemetry=TelemetryStream(kinesis, settings.telemetry_stream),
             stepfunctions=StepFunctions(sfn),
             _sqs=sqs,
+            destinations=destinations,
         )

@@ -37,6 +37,11 @@ class BadRequest(RadStreamError):
     error = "bad_request"
 
 
+class Conflict(RadStreamError):
+    status_code = 409
+    error = "conflict"
+
+
 class Unauthorized(RadStreamError):
     status_code = 401
     error = "unauthorized"

@@ -110,6 +110,18 @@ class Settings(BaseSettings):
     pipeline_retry_scale: float = Field(
         1.0, gt=0, le=1, description="local stack only: scales the state machine's retry intervals (tests)"
     )
+
+    # Export of results (worker/stages/export.py; destinations: radstream/destinations.py)
+    export_destinations: SecretStr | None = Field(
+        None, description="JSON array of destinations (local stack); production reads the secret below"
+    )
+    export_destinations_secret_arn: str | None = Field(
+        None, description="Secrets Manager secret holding the destinations document (production)"
+    )
+    export_retry_budget_s: float = Field(
+        3600.0, gt=0, description="how long a destination that does not answer is retried before it is failed"
+    )
+    export_timeout_s: float = Field(30.0, gt=0, description="connect, read and DIMSE timeouts of one attempt")
     model_repository: Path = PROJECT_ROOT / "triton" / "models"
     state_dir: Path = PROJECT_ROOT / ".radstream"
 

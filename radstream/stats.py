@@ -65,7 +65,8 @@ def run_queries(folder: Path) -> list[QueryResult]:
         f"FROM read_json_auto([{paths}], format='newline_delimited', union_by_name=true, ignore_errors=true, "
         "columns={'schema_version':'VARCHAR','event_id':'VARCHAR','ts':'VARCHAR','stage':'VARCHAR',"
         "'tenant':'VARCHAR','study_uid':'VARCHAR','duration_ms':'DOUBLE','batch_size':'INTEGER',"
-        "'queue_wait_ms':'DOUBLE','model':'VARCHAR','outcome':'VARCHAR','reason':'VARCHAR','instances':'INTEGER'})"
+        "'queue_wait_ms':'DOUBLE','model':'VARCHAR','outcome':'VARCHAR','reason':'VARCHAR','instances':'INTEGER',"
+        "'destination':'VARCHAR'})"
     )
     results = []
     for name, sql in athena_queries().items():

@@ -17,6 +17,22 @@ class StudyState(enum.StrEnum):
     FAILED = "failed"
 
 
+class ExportState(enum.StrEnum):
+    PENDING = "pending"
+    SENT = "sent"
+    FAILED = "failed"
+
+
+class ExportStatus(BaseModel):
+    destination: str
+    status: ExportState
+    attempts: int = Field(0, description="sends tried for the run's results so far")
+    last_error: str | None = Field(None, description="the remote's answer to the last failed attempt")
+    sent_at: datetime | None = None
+    run_id: str | None = Field(None, description="the run whose SR and SEG are (to be) sent")
+    first_attempt_at: datetime | None = None
+
+
 class StudyStatus(BaseModel):
     study_instance_uid: str
     status: StudyState
@@ -30,6 +46,7 @@ class StudyStatus(BaseModel):
     model: str | None = None
     run_id: str | None = Field(None, description="the run in flight, else the latest that ended")
     runs: int = Field(0, description="runs of the pipeline started for this study so far")
+    exports: list[ExportStatus] = Field(default_factory=list, description="one per destination of the results")
 
 
 def utcnow() -> datetime:

@@ -33,6 +33,7 @@ Stage = Literal[
     "failed",
     "end_to_end",
     "batch",
+    "export",
 ]
 Outcome = Literal["ok", "failed", "no_model", "retry"]
 
@@ -51,6 +52,7 @@ class TelemetryEvent(BaseModel):
     outcome: Outcome = "ok"
     reason: str | None = Field(None, max_length=300)
     instances: int | None = None
+    destination: str | None = Field(None, max_length=64, description="export: the destination's name")
 
     def record(self) -> dict[str, Any]:
         data = self.model_dump(mode="json")

@@ -45,6 +45,35 @@ async def study_reprocess(study: Uid, tenant: Tenant, services: ServicesDep) -> 
     return ReprocessAccepted(**await service.reprocess(services, tenant, study))
 
 
+class ExportRequest(BaseModel):
+    destination: str | None = Field(None, description="one destination's name; every destination when left out")
+
+
+class ExportAccepted(BaseModel):
+    study_instance_uid: str
+    exports: list[str] = Field(description="the destinations the results are sent to again")
+    status: str = Field(description="where to follow each destination's export")
+
+
+@router.post(
+    "/{study}/exports",
+    summary="Send a study's results to its export destinations again",
+    description="The SR and every SEG of the latest results go again to every destination of the tenant that "
+    'takes them, or to the one named in the body (`{"destination": NAME}`), with the same SOP Instance UIDs, '
+    "so a PACS keeps one copy. The study's status lists each destination's export. 404 for a study this "
+    "tenant does not have or a destination it has not configured; 409 when the study has no results to send "
+    "or the tenant no destination.",
+    status_code=202,
+    response_model=ExportAccepted,
+    responses=error_responses(400, 401, 404, 409, 503),
+)
+async def study_export(
+    study: Uid, tenant: Tenant, services: ServicesDep, body: ExportRequest | None = None
+) -> ExportAccepted:
+    destination = body.destination if body is not None else None
+    return ExportAccepted(**await service.export(services, tenant, study, destination))
+
+
 @router.get(
     "/{study}/results",
     summary="Results of a study (JSON)",

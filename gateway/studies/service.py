@@ -4,10 +4,13 @@ requests were told are stored (not objects that a failed request left, which a r
 from __future__ import annotations
 
 import json
+import uuid
+from typing import Any
 
 from gateway.services import Services
 from radstream import keys, manifest
-from radstream.errors import NotFound
+from radstream.destinations import of_tenant
+from radstream.errors import Conflict, NotFound
 from radstream.status import NO_MODEL_DETAIL, StudyState, StudyStatus
 
 
@@ -56,3 +59,29 @@ async def _result(services: Services, tenant: str, study: str, name: str) -> byt
         if status.status is StudyState.COMPLETED and name == keys.RESULT_SR:
             raise NotFound(f"study {study} has no DICOM SR: {NO_MODEL_DETAIL}") from None
         raise NotFound(f"study {study} has no results yet (status: {status.status.value})") from None
+
+
+async def export(services: Services, tenant: str, study: str, destination: str | None) -> dict[str, Any]:
+    """Send the study's latest results again: to every destination of the tenant that takes them, or to
+    ``destination`` alone. The same SR and SEG instances (their SOP Instance UIDs) as before."""
+    status = await services.status.get(tenant, study, instances=0, series=0)
+    if status is None:
+        raise NotFound(f"study {study} not found")
+    try:
+        document = json.loads(await result_json(services, tenant, study))
+    except NotFound:
+        raise Conflict(f"study {study} has no results to export yet (it is {status.status.value})") from None
+    if not isinstance(document, dict) or document.get("outcome") == "no_model" or not document.get("run_id"):
+        raise Conflict(f"study {study} has no SR or SEG to export (no model takes it)")
+    configured = {d.name for d in of_tenant(services.destinations, tenant)}
+    if destination is not None and destination not in configured:
+        raise NotFound(f"export destination {destination!r} is not configured for this tenant")
+    names = [destination] if destination is not None else sorted(configured)
+    if not names:
+        raise Conflict("no export destination is configured for this tenant")
+    run_id = str(document["run_id"])
+    await services.status.begin_exports(tenant, study, run_id, names, replace=False)
+    name = f"export-{uuid.uuid4().hex}"
+    execution = {"action": "export", "tenant": tenant, "study": study, "run_id": run_id, "exports": names}
+    await services.stepfunctions.start_execution(services.settings.state_machine_name, name, execution)
+    return {"study_instance_uid": study, "exports": names, "status": f"/v1/studies/{study}"}

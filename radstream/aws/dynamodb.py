@@ -9,7 +9,7 @@ from typing import Any
 
 from radstream.aws.errors import error_code, translate
 from radstream.keys import new_request_id
-from radstream.status import ReceivedWrite, Run, RunRow, StudyState, StudyStatus, utcnow
+from radstream.status import ExportState, ExportStatus, ReceivedWrite, Run, RunRow, StudyState, StudyStatus, utcnow
 
 OPEN_INDEX = "open-studies"  # sparse: only rows of studies with work not yet ended (received or in a run)
 OPEN_SHARD = "open"  # the index's one partition key value
@@ -355,7 +355,108 @@ class StatusStore:
             model=item.get("model", {}).get("S"),
             run_id=item.get("run_id", item.get("last_run", {})).get("S"),
             runs=int(item.get("runs", {}).get("N", "0")),
+            exports=[_export(name, value["M"]) for name, value in sorted(item.get("exports", {}).get("M", {}).items())],
         )
+
+    # Exports: the row's ``exports`` map holds one entry per destination of the latest results, each
+    # written only by its own destination's branch (a nested path), and only for the run it is about, so a
+    # late attempt for an older run never overwrites the newer run's state.
+    async def begin_exports(self, tenant: str, study: str, run_id: str, names: list[str], *, replace: bool) -> None:
+        """Every destination in ``names`` pending for ``run_id``. ``replace``: the entries of other
+        destinations go (the results of a new run); otherwise only these are reset (a re-export)."""
+        entries = {name: {"M": _pending(run_id)} for name in names}
+        if replace:
+            await self._update(
+                "UpdateItem",
+                Key=self._key(tenant, study),
+                UpdateExpression="SET exports = :entries",
+                ExpressionAttributeValues={":entries": {"M": entries}},
+            )
+            return
+        await self._update(  # the map exists for every study whose results were stored
+            "UpdateItem",
+            Key=self._key(tenant, study),
+            UpdateExpression="SET exports = if_not_exists(exports, :none)",
+            ExpressionAttributeValues={":none": {"M": {}}},
+        )
+        for name, entry in entries.items():
+            await self._update(
+                "UpdateItem",
+                Key=self._key(tenant, study),
+                UpdateExpression="SET exports.#n = :entry",
+                ExpressionAttributeNames={"#n": name},
+                ExpressionAttributeValues={":entry": entry},
+            )
+
+    async def export_attempt(self, tenant: str, study: str, name: str, run_id: str) -> ExportStatus | None:
+        """Count one attempt of ``name`` for ``run_id`` (the first one's time is kept); the entry after it,
+        or None when the entry is about another run now."""
+        now = utcnow().isoformat()
+        try:
+            response = await self._ddb.update_item(
+                TableName=self.table,
+                Key=self._key(tenant, study),
+                UpdateExpression=(
+                    "SET exports.#n.attempts = exports.#n.attempts + :one, "
+                    "exports.#n.first_attempt_at = if_not_exists(exports.#n.first_attempt_at, :now)"
+                ),
+                ConditionExpression="exports.#n.run_id = :run",
+                ExpressionAttributeNames={"#n": name},
+                ExpressionAttributeValues={":one": {"N": "1"}, ":now": {"S": now}, ":run": {"S": run_id}},
+                ReturnValues="ALL_NEW",
+            )
+        except Exception as exc:
+            if error_code(exc) == "ConditionalCheckFailedException":
+                return None
+            raise translate(exc, "UpdateItem") from exc
+        return _export(name, response["Attributes"]["exports"]["M"][name]["M"])
+
+    async def export_ended(
+        self, tenant: str, study: str, name: str, run_id: str, state: ExportState, error: str | None = None
+    ) -> bool:
+        """Record what the last attempt of ``name`` came to: ``sent``, ``failed`` (for good), or ``pending``
+        with the error that will be retried. False when the entry is about another run now."""
+        now = utcnow().isoformat()
+        values: dict[str, Any] = {":state": {"S": state.value}, ":run": {"S": run_id}}
+        update = "SET exports.#n.#s = :state"
+        if error is not None:
+            update += ", exports.#n.last_error = :error"
+            values[":error"] = {"S": error[:500]}
+        if state is ExportState.SENT:
+            update += ", exports.#n.sent_at = :now"
+            values[":now"] = {"S": now}
+        return await self._conditional(
+            "UpdateItem",
+            self._ddb.update_item(
+                TableName=self.table,
+                Key=self._key(tenant, study),
+                UpdateExpression=update,
+                ConditionExpression="exports.#n.run_id = :run",
+                ExpressionAttributeNames={"#n": name, "#s": "status"},
+                ExpressionAttributeValues=values,
+            ),
+        )
+
+
+def _pending(run_id: str) -> dict[str, Any]:
+    return {"status": {"S": ExportState.PENDING.value}, "attempts": {"N": "0"}, "run_id": {"S": run_id}}
+
+
+def _export(name: str, entry: dict[str, Any]) -> ExportStatus:
+    def text(key: str) -> str | None:
+        value = entry.get(key, {}).get("S")
+        return None if value is None else str(value)
+
+    sent, first = text("sent_at"), text("first_attempt_at")
+    return ExportStatus(
+        destination=name,
+        status=ExportState(entry["status"]["S"]),
+        attempts=int(entry.get("attempts", {}).get("N", "0")),
+        last_error=text("last_error"),
+        sent_at=None if sent is None else datetime.fromisoformat(sent),
+        run_id=text("run_id"),
+        first_attempt_at=None if first is None else datetime.fromisoformat(first),
+    )
 
 
 def _run_row(item: dict[str, Any]) -> RunRow:

@@ -40,6 +40,7 @@ EXPECTED_SKIPS = {
     ("CKV_AWS_117", "AWS::Lambda::Function.MarkFailedFunction"),
     ("CKV_AWS_117", "AWS::Lambda::Function.ReconcileFunction"),
     ("CKV_AWS_117", "AWS::Lambda::Function.StartPipelineFunction"),
+    ("CKV_AWS_117", "AWS::Lambda::Function.ExportFunction"),
     ("CKV_AWS_111", "AWS::IAM::Role.WorkerRole"),
     ("CKV_AWS_18", "AWS::S3::Bucket.ArtifactsBucket"),
 }
@@ -304,7 +305,13 @@ STAGE_S3 = {
     },
     "mark-failed": set(),
 }
-STAGES_WRITING_STATUS = {"validate-metadata", "store-results", "mark-failed"}
+STAGE_S3["export"] = {
+    ("s3:GetObject", "ResultsBucket/results/*"),  # result.json and the SR and SEG it names
+    ("s3:ListBucket", "ResultsBucket"),  # results not there answer 404, not 403
+}
+STAGES_WRITING_STATUS = {"validate-metadata", "store-results", "mark-failed", "export"}
+# Stages that read a secret: export reads the destinations document (never from its environment).
+STAGE_SECRETS = {"export": "ExportDestinationsSecret"}
 # Stages that end a run: they read its row and start the follow-up run (worker/stages/runs.py).
 STAGES_ENDING_RUNS = {"store-results", "mark-failed"}
 RUN_ENDING = {"dynamodb:GetItem", "states:StartExecution", "states:ListStateMachines"}
@@ -320,9 +327,13 @@ def test_each_stage_role_grants_what_its_code_does(template: dict[str, Any]) -> 
     for suffix, expected in STAGE_S3.items():
         props = template["Resources"][functions[suffix]]["Properties"]
         role = props["Role"]["Fn::GetAtt"][0]
-        assert template["Resources"][role]["Properties"]["ManagedPolicyArns"] == [
-            {"Ref": "PipelineFunctionsCommonPolicy"}
-        ], suffix
+        managed = template["Resources"][role]["Properties"]["ManagedPolicyArns"]
+        assert managed[0] == {"Ref": "PipelineFunctionsCommonPolicy"}, suffix
+        # the export function alone runs in a VPC (to reach a PACS on the hospital network), when one is given
+        assert managed[1:] == ([] if suffix != "export" else [managed[1]]), suffix
+        if suffix == "export":
+            assert managed[1]["Fn::If"][0] == "HasExportVpc"
+            assert "AWSLambdaVPCAccessExecutionRole" in managed[1]["Fn::If"][1]["Fn::Sub"]
         assert s3_grants(template, role) == expected, suffix
         granted = statements(template, role)
         actions = {a for s in granted.values() for a in as_list(s["Action"])}
@@ -330,7 +341,10 @@ def test_each_stage_role_grants_what_its_code_does(template: dict[str, Any]) -> 
             {action for action, _resource in expected}
             | ({"dynamodb:UpdateItem"} if suffix in STAGES_WRITING_STATUS else set())
             | (RUN_ENDING if suffix in STAGES_ENDING_RUNS else set())
+            | ({"secretsmanager:GetSecretValue"} if suffix in STAGE_SECRETS else set())
         ), suffix
+        if suffix in STAGE_SECRETS:
+            assert granted["ReadDestinations"]["Resource"] == {"Ref": STAGE_SECRETS[suffix]}
         if suffix in STAGES_ENDING_RUNS:  # built from the name: the machine names these functions
             assert granted["StartFollowUpRuns"]["Resource"] == {
                 "Fn::Sub": "arn:${AWS::Partition}:states:${AWS::Region}:${AWS::AccountId}:stateMachine:${ProjectName}-pipeline"
@@ -367,7 +381,15 @@ def test_eks_roles_grant_what_the_gateway_and_worker_do(template: dict[str, Any]
         "dynamodb:DeleteItem",
     }
     assert gateway["Telemetry"]["Action"] == "kinesis:PutRecords"
-    assert not any(a.startswith("states:") for s in gateway.values() for a in as_list(s["Action"]))
+    # a re-export (POST /v1/studies/{study}/exports) starts an execution of the pipeline; nothing else
+    assert {a for s in gateway.values() for a in as_list(s["Action"]) if a.startswith("states:")} == {
+        "states:StartExecution",
+        "states:ListStateMachines",
+    }
+    assert gateway["StartExports"]["Resource"] == {
+        "Fn::Sub": "arn:${AWS::Partition}:states:${AWS::Region}:${AWS::AccountId}:stateMachine:${ProjectName}-pipeline"
+    }
+    assert gateway["ReadExportDestinations"]["Resource"] == {"Ref": "ExportDestinationsSecret"}
     assert s3_grants(template, "WorkerRole") == {
         ("s3:GetObject", "ImagesBucket/work/*"),
         ("s3:ListBucket", "ImagesBucket"),  # a missing tensor answers 404, not 403
@@ -459,6 +481,7 @@ def test_telemetry_lands_partitioned_and_is_queryable(template: dict[str, Any]) 
         "outcome": "string",
         "reason": "string",
         "instances": "int",
+        "destination": "string",
     }
     assert [p["Name"] for p in table["PartitionKeys"]] == ["year", "month", "day"]
     assert table["Parameters"]["projection.enabled"] == "true"
@@ -568,7 +591,7 @@ def test_each_lambda_state_outlasts_its_function(template: dict[str, Any]) -> No
         timeout = template["Resources"][function]["Properties"]["Timeout"]
         assert state["TimeoutSeconds"] > timeout, f"{name}: state {state['TimeoutSeconds']} s, function {timeout} s"
         checked.append(name)
-    assert sorted(checked) == ["MarkFailed", "Prepare", "StoreResults", "ValidateMetadata"]
+    assert sorted(checked) == ["ExportFailed", "ExportTo", "MarkFailed", "Prepare", "StoreResults", "ValidateMetadata"]
 
 
 def test_the_key_lets_step_functions_deliver_its_logs(template: dict[str, Any]) -> None:

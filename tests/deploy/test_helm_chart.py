@@ -149,6 +149,10 @@ def test_environment_comes_from_values_and_the_secret(docs: list[dict[str, Any]]
     gateway_env = deployments[f"{RELEASE}-gateway"]["spec"]["template"]["spec"]["containers"][0]["env"]
     (api_keys,) = [e for e in gateway_env if e["name"] == "RADSTREAM_API_KEYS"]
     assert api_keys["valueFrom"]["secretKeyRef"] == {"name": "radstream-api-keys", "key": "api-keys"}
+    # the export destinations: the secret's ARN only (the document, with its credentials, stays in it)
+    gateway_plain = {e["name"]: e.get("value") for e in gateway_env}
+    assert gateway_plain["RADSTREAM_EXPORT_DESTINATIONS_SECRET_ARN"] == aws["exportDestinationsSecretArn"]
+    assert "RADSTREAM_EXPORT_DESTINATIONS" not in gateway_plain
 
 
 def test_triton_runs_on_a_gpu_from_the_s3_model_repository(docs: list[dict[str, Any]]) -> None:

@@ -44,3 +44,15 @@ class InvalidMessage(PipelineError):
 class InternalError(PipelineError):
     """An exception the stage did not expect. Its message is left out (see :func:`describe`): messages of
     DICOM libraries quote element values, patient names and birth dates among them."""
+
+
+class ExportUnavailableError(PipelineError):
+    """An export destination is not answering now (refused, timed out, busy): the state machine retries."""
+
+
+class ExportRefusedError(PipelineError):
+    """An export destination refused the objects, or is not configured: the destination fails at once."""
+
+
+class ExportGaveUp(PipelineError):
+    """An export destination did not answer within the retry budget: not retried again."""

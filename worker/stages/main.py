@@ -26,8 +26,8 @@ from radstream.dicom import keep_values_out_of_logs, read_values_unvalidated
 from radstream.errors import StorageUnavailable, describe, frames
 from radstream.settings import get_settings
 from worker.formats.errors import InternalError, PipelineError, TransientError
+from worker.stages import export, prepare, start, store, validate
 from worker.stages import mark_failed as mark_failed_stage
-from worker.stages import prepare, start, store, validate
 from worker.stages import reconcile as reconcile_stage
 
 log = logging.getLogger(__name__)
@@ -102,3 +102,8 @@ def mark_failed(event: dict[str, Any], context: object) -> dict[str, Any]:
 
 def reconcile(event: dict[str, Any], context: object) -> dict[str, Any]:
     return _run(reconcile_stage.run, event)
+
+
+def export_results(event: dict[str, Any], context: object) -> dict[str, Any]:
+    """One destination's branch: the send (Retry), or, with the Catch's ``error``, the failure recorded."""
+    return _run(export.failed if "error" in event else export.run, event)
