@@ -131,8 +131,8 @@ async def _collect(url: str, sent: list[Sent]) -> tuple[list[float], int]:
 class BenchStack:
     """The embedded stack on free ports, started with the same specs `radstream up` uses."""
 
-    def __init__(self, state: Path) -> None:
-        self.settings = isolated_settings(state, f"bench:{API_KEY}", worker_poll_wait_s=1)
+    def __init__(self, state: Path, **overrides: object) -> None:
+        self.settings = isolated_settings(state, f"bench:{API_KEY}", worker_poll_wait_s=1, **overrides)
         self.url = f"http://127.0.0.1:{self.settings.http_port}"
         self.supervisor = Supervisor()
 

@@ -114,6 +114,9 @@ def process_specs(settings: Settings, env: dict[str, str]) -> list[ProcessSpec]:
     ]
 
 
+LOCAL_EXPORT_RETRY_BUDGET_S = 300.0
+
+
 def isolated_settings(state_dir: Path, api_keys: str, **overrides: object) -> Settings:
     """Settings for a complete stack on free loopback ports with its own state folder, so several stacks
     (tests, benchmarks, `radstream up`) can run side by side."""
@@ -196,9 +199,18 @@ def lock_state_dir(settings: Settings) -> IO[str]:
     return handle
 
 
+def local_defaults(settings: Settings) -> Settings:
+    """What the local stack sets differently where the environment says nothing: an export destination on
+    a developer's machine is retried for LOCAL_EXPORT_RETRY_BUDGET_S, not production's hour."""
+    if "export_retry_budget_s" in settings.model_fields_set:
+        return settings
+    return settings.model_copy(update={"export_retry_budget_s": LOCAL_EXPORT_RETRY_BUDGET_S})
+
+
 def run(settings: Settings) -> int:
     """The whole stack in the foreground. StackError or ChildFailed when it cannot start; 0 after a stop
     signal, 1 when a child died."""
+    settings = local_defaults(settings)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     api_keys = ensure_api_keys(settings)
     try:

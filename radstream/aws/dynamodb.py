@@ -388,21 +388,32 @@ class StatusStore:
                 ExpressionAttributeValues={":entry": entry},
             )
 
-    async def export_attempt(self, tenant: str, study: str, name: str, run_id: str) -> ExportStatus | None:
-        """Count one attempt of ``name`` for ``run_id`` (the first one's time is kept); the entry after it,
-        or None when the entry is about another run now."""
+    async def export_attempted(
+        self, tenant: str, study: str, name: str, run_id: str, state: ExportState, error: str | None = None
+    ) -> ExportStatus | None:
+        """Count one attempt of ``name`` for ``run_id`` and what it came to (``sent``; ``pending`` with the
+        error that will be retried; ``failed``), in one write; the first attempt's time is kept. The entry
+        after it, or None when the entry is about another run now (the write is then not made)."""
         now = utcnow().isoformat()
+        values: dict[str, Any] = {":one": {"N": "1"}, ":now": {"S": now}, ":run": {"S": run_id}}
+        values[":state"] = {"S": state.value}
+        update = (
+            "SET exports.#n.attempts = exports.#n.attempts + :one, exports.#n.#s = :state, "
+            "exports.#n.first_attempt_at = if_not_exists(exports.#n.first_attempt_at, :now)"
+        )
+        if error is not None:
+            update += ", exports.#n.last_error = :error"
+            values[":error"] = {"S": error[:500]}
+        if state is ExportState.SENT:
+            update += ", exports.#n.sent_at = :now"
         try:
             response = await self._ddb.update_item(
                 TableName=self.table,
                 Key=self._key(tenant, study),
-                UpdateExpression=(
-                    "SET exports.#n.attempts = exports.#n.attempts + :one, "
-                    "exports.#n.first_attempt_at = if_not_exists(exports.#n.first_attempt_at, :now)"
-                ),
+                UpdateExpression=update,
                 ConditionExpression="exports.#n.run_id = :run",
-                ExpressionAttributeNames={"#n": name},
-                ExpressionAttributeValues={":one": {"N": "1"}, ":now": {"S": now}, ":run": {"S": run_id}},
+                ExpressionAttributeNames={"#n": name, "#s": "status"},
+                ExpressionAttributeValues=values,
                 ReturnValues="ALL_NEW",
             )
         except Exception as exc:
@@ -414,8 +425,8 @@ class StatusStore:
     async def export_ended(
         self, tenant: str, study: str, name: str, run_id: str, state: ExportState, error: str | None = None
     ) -> bool:
-        """Record what the last attempt of ``name`` came to: ``sent``, ``failed`` (for good), or ``pending``
-        with the error that will be retried. False when the entry is about another run now."""
+        """Record ``name`` as ``state`` for ``run_id`` without counting an attempt (the branch's Catch: failed
+        for good, with the reason). False when the entry is about another run now."""
         now = utcnow().isoformat()
         values: dict[str, Any] = {":state": {"S": state.value}, ":run": {"S": run_id}}
         update = "SET exports.#n.#s = :state"

@@ -136,6 +136,14 @@ def test_results_reach_a_dimse_and_a_dicomweb_destination_and_a_reexport_stores_
             assert {study for _, _, study in scp.received} == {uids.study}  # in the source study
             assert {cls for cls, _, _ in scp.received} == {Comprehensive3DSRStorage, SegmentationStorage}
             assert _beta_instances(stack, uids.study) == len(expected)
+            deadline = time.monotonic() + 15  # one telemetry record per attempt, through Firehose
+            while True:
+                records = [r for r in stack.telemetry() if r["stage"] == "export" and r["study_uid"] == uids.study]
+                if {r["destination"] for r in records} == {"pacs", "archive"}:
+                    break
+                assert time.monotonic() < deadline, records
+                time.sleep(0.5)
+            assert {r["outcome"] for r in records} == {"ok"} and all(r["instances"] == len(expected) for r in records)
 
             # re-export one destination: the same instances again; the STOW-RS server keeps one copy
             response = httpx.post(

@@ -36,18 +36,27 @@ def destination_named(ctx: Clients, tenant: str, name: str) -> DicomwebDestinati
     raise ExportRefusedError(f"destination {name!r} is not configured for tenant {tenant!r}")
 
 
-async def _objects(ctx: Clients, tenant: str, study: str) -> tuple[str | None, list[bytes]]:
-    """(the run of the latest results, the SR and SEG objects they name)."""
+async def _objects(ctx: Clients, tenant: str, study: str, names: list[str] | None) -> list[bytes]:
+    """The SR and SEG objects of the latest results: those the state names (StoreResults' result, or the
+    re-export's input), else those result.json names. Only keys of this study's results are read."""
+    prefix = keys.result_key(tenant, study, "")
     try:
-        document = json.loads(await ctx.results.get_bytes(keys.result_key(tenant, study, keys.RESULT_JSON)))
-        names = [r["key"] for r in document.get("structured_reports", []) if r.get("key")]
-        names += [s["key"] for s in document.get("segmentations", []) if s.get("key")]
-        objects = [await ctx.results.get_bytes(name) for name in names]
+        if names is None:
+            document = json.loads(await ctx.results.get_bytes(keys.result_key(tenant, study, keys.RESULT_JSON)))
+            names = result_objects(document)
+        if not all(isinstance(name, str) and name.startswith(prefix) for name in names):
+            raise ExportRefusedError("an object to export is not among the study's results")
+        return [await ctx.results.get_bytes(name) for name in names]
     except NotFound:
         raise ExportRefusedError("the study has no results to export") from None
     except StorageUnavailable as exc:
         raise TransientError(exc.detail) from exc
-    return document.get("run_id"), objects
+
+
+def result_objects(document: dict[str, Any]) -> list[str]:
+    """Keys of the SR and every SEG a result document names."""
+    names = [r["key"] for r in document.get("structured_reports", []) if r.get("key")]
+    return names + [s["key"] for s in document.get("segmentations", []) if s.get("key")]
 
 
 async def _send(ctx: Clients, destination: DicomwebDestination | DimseDestination, objects: list[bytes]) -> int:
@@ -59,31 +68,32 @@ async def _send(ctx: Clients, destination: DicomwebDestination | DimseDestinatio
 
 async def run(ctx: Clients, event: dict[str, Any]) -> dict[str, Any]:
     tenant, study, run_id, name = event["tenant"], event["study"], event["run_id"], event["destination"]
-    entry = await ctx.status.export_attempt(tenant, study, name, run_id)
-    if entry is None:
-        return {"destination": name, "status": "superseded"}
     destination = destination_named(ctx, tenant, name)
-    budget = ctx.settings.export_retry_budget_s
-    first = entry.first_attempt_at or utcnow()
-    _, objects = await _objects(ctx, tenant, study)
+    objects = await _objects(ctx, tenant, study, event.get("objects"))
     started = time.perf_counter()
     try:
         accepted = await _send(ctx, destination, objects)
     except (ExportUnavailable, ExportRefused) as exc:
-        reason = exc.reason
-        since = (utcnow() - first).total_seconds()
-        gave_up = isinstance(exc, ExportUnavailable) and since >= budget
-        await ctx.telemetry.send(_event(tenant, study, name, started, "retry" if not gave_up else "failed", exc))
-        if isinstance(exc, ExportRefused):
-            raise ExportRefusedError(reason) from None
+        refused = isinstance(exc, ExportRefused)
+        state = ExportState.FAILED if refused else ExportState.PENDING
+        entry = await ctx.status.export_attempted(tenant, study, name, run_id, state, exc.reason)
+        if entry is None:
+            return {"destination": name, "status": "superseded"}
+        since = (utcnow() - (entry.first_attempt_at or utcnow())).total_seconds()
+        budget = ctx.settings.export_retry_budget_s
+        gave_up = refused or since >= budget
+        await ctx.telemetry.send(_event(tenant, study, name, started, "failed" if gave_up else "retry", exc))
+        if refused:
+            raise ExportRefusedError(exc.reason) from None
         if gave_up:
             raise ExportGaveUp(
                 f"gave up after {entry.attempts} attempts over {since / 60:.0f} min (the retry budget is "
-                f"{budget / 60:.0f} min); last: {reason}"
+                f"{budget / 60:.0f} min); last: {exc.reason}"
             ) from None
-        await ctx.status.export_ended(tenant, study, name, run_id, ExportState.PENDING, reason)
-        raise ExportUnavailableError(reason) from None
-    await ctx.status.export_ended(tenant, study, name, run_id, ExportState.SENT)
+        raise ExportUnavailableError(exc.reason) from None
+    entry = await ctx.status.export_attempted(tenant, study, name, run_id, ExportState.SENT)
+    if entry is None:
+        return {"destination": name, "status": "superseded"}
     await ctx.telemetry.send(_event(tenant, study, name, started, "ok", None, instances=accepted))
     return {"destination": name, "status": "sent", "objects": accepted, "attempts": entry.attempts}
 

@@ -100,8 +100,8 @@ async def _outputs(ctx: Clients, latest: dict[str, tuple[OutputsIndex, int]], ru
     return dict(await asyncio.gather(*(read(seq, run_id) for seq, run_id in wanted)))
 
 
-async def _write_results(ctx: Clients, event: dict[str, Any], run: Run, model: str) -> tuple[str, set[str]]:
-    """(the result document's key, the modalities of the instances it covers)."""
+async def _write_results(ctx: Clients, event: dict[str, Any], run: Run, model: str) -> tuple[str, set[str], list[str]]:
+    """(the result document's key, the modalities of the instances it covers, the SR's and SEGs' keys)."""
     spec = next(s for s in specs_in(ctx.settings.model_repository) if s.name == model)
     plan = await read_plan(ctx, run.tenant, run.study, run.run_id)
     latest = effective(await outputs_indexes(ctx, run.tenant, run.study), model)
@@ -129,7 +129,7 @@ async def _write_results(ctx: Clients, event: dict[str, Any], run: Run, model: s
         await ctx.results.put_bytes(seg_key, seg, content_type="application/dicom")
     result_key = keys.result_key(run.tenant, run.study, keys.RESULT_JSON)
     await ctx.results.put_bytes(result_key, document, content_type="application/json")
-    return result_key, {str(h.get("Modality", "")) for h in headers}
+    return result_key, {str(h.get("Modality", "")) for h in headers}, [sr_key, *(key for key, _ in segs)]
 
 
 async def run(ctx: Clients, event: dict[str, Any]) -> dict[str, Any]:
@@ -142,9 +142,10 @@ async def run(ctx: Clients, event: dict[str, Any]) -> dict[str, Any]:
             await ctx.results.put_json(result_key, body)
             model = None
             exports: list[str] = []
+            objects: list[str] = []
         else:
             model = event["model"]
-            result_key, modalities = await _write_results(ctx, event, run, model)
+            result_key, modalities, objects = await _write_results(ctx, event, run, model)
             exports = [d.name for d in of_tenant(ctx.destinations, tenant) if d.takes(model, modalities)]
         # before the run ends: a follow-up run's results (and their exports) always come after these
         await ctx.status.begin_exports(tenant, study, run.run_id, exports, replace=True)
@@ -177,4 +178,5 @@ async def run(ctx: Clients, event: dict[str, Any]) -> dict[str, Any]:
         "follow_up": None if follow_up is None else follow_up.run_id,
         "run_id": run.run_id,
         "exports": exports,  # the Export state's branches: destination names (a tenant's, bounded)
+        "objects": objects,  # what they send: the SR's and SEGs' keys (one SEG per geometry group)
     }
