@@ -8,9 +8,12 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -23,7 +26,7 @@ from pynetdicom.sop_class import Comprehensive3DSRStorage, SegmentationStorage
 from infra.local.processes import free_port
 from loadtest.phantoms import make_phantom
 from loadtest.synthetic import set_grayscale_pixels
-from tests.conftest import KEY_BETA
+from tests.conftest import KEY_ALPHA, KEY_BETA
 from tests.pipeline.conftest import Stack
 from tests.pipeline.test_pipeline import ct_study, send
 
@@ -242,3 +245,12 @@ def test_export_route_errors(stack: Stack) -> None:
             f"{stack.url}/v1/studies/{uids.study}/exports", headers={"Authorization": f"Bearer {KEY_BETA}"}
         )
         assert other.status_code in (404, 409)  # beta stored the exported SR under this study UID: no results
+
+        # the CLI: `radstream export STUDY --to NAME`
+        cli = [str(Path(sys.executable).parent / "radstream"), "export", uids.study, "--url", stack.url]
+        cli += ["--api-key", KEY_ALPHA]
+        done = subprocess.run([*cli, "--to", "archive"], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert json.loads(done.stdout)["exports"] == ["archive"]
+        wrong = subprocess.run([*cli, "--to", "nowhere"], capture_output=True, text=True, timeout=60)
+        assert wrong.returncode == 1 and "404" in wrong.stdout and "nowhere" in wrong.stdout
