@@ -86,8 +86,15 @@ class Run:
     full: bool  # infer every instance again (a reprocess), not only those without outputs
 
     def document(self) -> dict[str, Any]:
-        """The execution's input."""
-        return {"tenant": self.tenant, "study": self.study, "run_id": self.run_id, "seq": self.seq, "full": self.full}
+        """The execution's input (``action`` "run": the state machine's first Choice tells it from a re-export)."""
+        return {
+            "action": "run",
+            "tenant": self.tenant,
+            "study": self.study,
+            "run_id": self.run_id,
+            "seq": self.seq,
+            "full": self.full,
+        }
 
     @classmethod
     def of(cls, event: dict[str, Any]) -> Run:

@@ -178,5 +178,6 @@ async def run(ctx: Clients, event: dict[str, Any]) -> dict[str, Any]:
         "follow_up": None if follow_up is None else follow_up.run_id,
         "run_id": run.run_id,
         "exports": exports,  # the Export state's branches: destination names (a tenant's, bounded)
+        "export_count": len(exports),
         "objects": objects,  # what they send: the SR's and SEGs' keys (one SEG per geometry group)
     }
