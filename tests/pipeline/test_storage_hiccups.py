@@ -32,7 +32,7 @@ from tests.conftest import KEY_ALPHA
 from tests.gateway.stowhelp import stow
 from tests.pipeline.conftest import Stack
 from tests.pipeline.test_pipeline import ct_study, executions_for, manifests_of, send, wait_execution
-from worker.stages import mark_failed, prepare, store, validate
+from worker.stages import export, mark_failed, prepare, store, validate
 
 ASL = json.loads(resources.STATE_MACHINE_FILE.read_text())
 STAGES = {  # the stage function behind each handler the state machine invokes
@@ -40,6 +40,7 @@ STAGES = {  # the stage function behind each handler the state machine invokes
     "worker.stages.main.prepare_tensors": (prepare, "run"),
     "worker.stages.main.store_results": (store, "run"),
     "worker.stages.main.mark_failed": (mark_failed, "run"),
+    "worker.stages.main.export_results": (export, "run"),  # an event without "error": the send
 }
 
 
