@@ -1,8 +1,9 @@
 """Export: the SR and every SEG of a study's latest results, sent to one destination (one Map branch each).
 
-StoreResults names the tenant's destinations that take the result (their model and modality filters) and
-marks each ``pending`` for the run. Each branch sends the objects result.json names, as stored: the same
-SOP Instance UIDs on every retry and re-export, so a PACS stores no second copy. An attempt that meets an
+StoreResults names the tenant's destinations that take the result (their model and modality filters), and
+the SR and SEG objects it wrote, and marks each destination ``pending`` for the run; a re-export names no
+objects, and its branches send what result.json names. Either way the objects go as stored: the same SOP
+Instance UIDs on every retry and re-export, so a PACS stores no second copy. An attempt that meets an
 unavailable destination (refused connection, timeout, HTTP 5xx or 429, C-STORE 0xA7xx, a transient
 association rejection) is recorded and raised as ``ExportUnavailable``, which the state machine retries
 with backoff; past ``export_retry_budget_s`` from the first attempt it is ``ExportGaveUp`` instead. A
@@ -20,7 +21,7 @@ from typing import Any
 
 from radstream import keys
 from radstream.clients import Clients
-from radstream.destinations import DicomwebDestination, DimseDestination
+from radstream.destinations import DicomwebDestination, DimseDestination, of_tenant
 from radstream.errors import NotFound, StorageUnavailable
 from radstream.status import ExportState, utcnow
 from radstream.telemetry import Outcome, TelemetryEvent
@@ -30,8 +31,8 @@ from worker.stages.mark_failed import failure_reason
 
 
 def destination_named(ctx: Clients, tenant: str, name: str) -> DicomwebDestination | DimseDestination:
-    for destination in ctx.destinations:
-        if destination.tenant == tenant and destination.name == name:
+    for destination in of_tenant(ctx.destinations, tenant):
+        if destination.name == name:
             return destination
     raise ExportRefusedError(f"destination {name!r} is not configured for tenant {tenant!r}")
 
