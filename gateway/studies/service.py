@@ -83,7 +83,13 @@ async def export(services: Services, tenant: str, study: str, destination: str |
     await services.status.begin_exports(tenant, study, run_id, names, replace=False)
     name = f"export-{uuid.uuid4().hex}"
     # objects None: each branch sends what result.json names when it runs (worker/stages/export.py)
-    execution: dict[str, Any] = {"action": "export", "tenant": tenant, "study": study, "run_id": run_id}
-    execution.update(exports=names, objects=None)
+    execution: dict[str, Any] = {
+        "action": "export",
+        "tenant": tenant,
+        "study": study,
+        "run_id": run_id,
+        "exports": names,
+        "objects": None,
+    }
     await services.stepfunctions.start_execution(services.settings.state_machine_name, name, execution)
     return {"study_instance_uid": study, "exports": names, "status": f"/v1/studies/{study}"}
