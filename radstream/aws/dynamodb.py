@@ -379,14 +379,16 @@ class StatusStore:
             UpdateExpression="SET exports = if_not_exists(exports, :none)",
             ExpressionAttributeValues={":none": {"M": {}}},
         )
-        for name, entry in entries.items():
-            await self._update(
-                "UpdateItem",
-                Key=self._key(tenant, study),
-                UpdateExpression="SET exports.#n = :entry",
-                ExpressionAttributeNames={"#n": name},
-                ExpressionAttributeValues={":entry": entry},
-            )
+        if not entries:
+            return
+        placeholders = {f"#n{i}": name for i, name in enumerate(entries)}
+        await self._update(  # a second write: one expression may not name both a map and a path inside it
+            "UpdateItem",
+            Key=self._key(tenant, study),
+            UpdateExpression="SET " + ", ".join(f"exports.{p} = :e{p[2:]}" for p in placeholders),
+            ExpressionAttributeNames=placeholders,
+            ExpressionAttributeValues={f":e{p[2:]}": entries[name] for p, name in placeholders.items()},
+        )
 
     async def export_attempted(
         self, tenant: str, study: str, name: str, run_id: str, state: ExportState, error: str | None = None
@@ -422,29 +424,22 @@ class StatusStore:
             raise translate(exc, "UpdateItem") from exc
         return _export(name, response["Attributes"]["exports"]["M"][name]["M"])
 
-    async def export_ended(
-        self, tenant: str, study: str, name: str, run_id: str, state: ExportState, error: str | None = None
-    ) -> bool:
-        """Record ``name`` as ``state`` for ``run_id`` without counting an attempt (the branch's Catch: failed
-        for good, with the reason). False when the entry is about another run now."""
-        now = utcnow().isoformat()
-        values: dict[str, Any] = {":state": {"S": state.value}, ":run": {"S": run_id}}
-        update = "SET exports.#n.#s = :state"
-        if error is not None:
-            update += ", exports.#n.last_error = :error"
-            values[":error"] = {"S": error[:500]}
-        if state is ExportState.SENT:
-            update += ", exports.#n.sent_at = :now"
-            values[":now"] = {"S": now}
+    async def export_failed(self, tenant: str, study: str, name: str, run_id: str, reason: str) -> bool:
+        """Record ``name`` as failed for good for ``run_id``, with ``reason``, without counting an attempt
+        (the branch's Catch). False when the entry is about another run now."""
         return await self._conditional(
             "UpdateItem",
             self._ddb.update_item(
                 TableName=self.table,
                 Key=self._key(tenant, study),
-                UpdateExpression=update,
+                UpdateExpression="SET exports.#n.#s = :state, exports.#n.last_error = :error",
                 ConditionExpression="exports.#n.run_id = :run",
                 ExpressionAttributeNames={"#n": name, "#s": "status"},
-                ExpressionAttributeValues=values,
+                ExpressionAttributeValues={
+                    ":state": {"S": ExportState.FAILED.value},
+                    ":error": {"S": reason[:500]},
+                    ":run": {"S": run_id},
+                },
             ),
         )
 

@@ -126,7 +126,7 @@ async def failed(ctx: Clients, event: dict[str, Any]) -> dict[str, Any]:
     tenant, study, run_id, name = event["tenant"], event["study"], event["run_id"], event["destination"]
     error = event.get("error") or {}
     reason = _cause(error)
-    await ctx.status.export_ended(tenant, study, name, run_id, ExportState.FAILED, reason)
+    await ctx.status.export_failed(tenant, study, name, run_id, reason)
     return {"destination": name, "status": "failed"}
 
 
