@@ -56,8 +56,9 @@ from pynetdicom.status import STATUS_SUCCESS, STATUS_WARNING, STORAGE_SERVICE_CL
 from pynetdicom.transport import AddressInformation, AssociationSocket
 
 from radstream.destinations import DicomwebDestination, DimseDestination
+from radstream.errors import FailureReason
 
-DUPLICATE_SOP_INSTANCE = 0x0111
+DUPLICATE_SOP_INSTANCE = FailureReason.DUPLICATE_SOP_INSTANCE  # 0x0111, a STOW-RS reason and a C-STORE status
 RESOURCE_LIMITATION = 0x0213
 _FAILED_SOP_SEQUENCE = "00081198"
 _FAILURE_REASON = "00081197"
